@@ -1,0 +1,29 @@
+# Two set-up-and-go targets: `make run` and `make test`. Each creates .venv and installs what is
+# missing (once: a stamp file makes the second call fast), then does its job.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.fedkt-installed
+# The shared CIFAR-10 copy when it is beside the checkout; else data/ (torchvision downloads there).
+DATA   ?= $(firstword $(wildcard ../shared/data/cifar10-jpeg.tar.gz) data)
+ARGS   ?=
+
+.PHONY: run test bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m fedkt.sim data.root=$(DATA) $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_models.py
+
+clean:
+	rm -rf $(VENV) outputs/* multirun

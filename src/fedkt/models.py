@@ -1,0 +1,149 @@
+"""The four client architectures: LeNet, AlexNet (CIFAR-sized), ResNet-18 and ShuffleNetV2 x1.0.
+
+Every model maps (B, in_channels, H, W) float images to (B, num_classes) logits, for any H, W >= 28.
+
+- `norm="batch"` puts a BatchNorm2d after every convolution of LeNet and AlexNet (the source paper's
+  improvement #1); `norm="none"` leaves them without normalization. ResNet-18 and ShuffleNetV2 keep
+  their own BatchNorm layers whatever `norm` says.
+- `stem="cifar"` (default) gives ResNet-18 / ShuffleNetV2 a 3x3 stride-1 first convolution and no
+  max-pool, as usual for 32x32 inputs; `stem="imagenet"` keeps torchvision's original stem. LeNet and
+  AlexNet have a single design and accept either value.
+
+Weights are drawn from torch's global RNG: call torch.manual_seed first for a reproducible model.
+"""
+
+import torch.nn as nn
+import torchvision
+
+ARCHITECTURES = ("lenet", "alexnet", "resnet18", "shufflenetv2")
+NORMS = ("none", "batch")
+STEMS = ("cifar", "imagenet")
+
+
+def _conv_block(in_channels, out_channels, kernel_size, norm, stride=1, padding=0):
+    """Conv2d, then BatchNorm2d when norm == "batch", then ReLU."""
+    use_bn = norm == "batch"
+    layers = [nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=not use_bn)]
+    if use_bn:
+        layers.append(nn.BatchNorm2d(out_channels))
+    layers.append(nn.ReLU(inplace=True))
+    return layers
+
+
+class LeNet(nn.Module):
+    """LeNet-5 for 32x32 inputs: conv5-6, pool, conv5-16, pool, fc120, fc84, fc out.
+
+    An adaptive average pool to 5x5 before the classifier is an identity at 32x32 and lets other input
+    sizes (28, 64, ...) through with the same classifier.
+    """
+
+    def __init__(self, num_classes=10, in_channels=3, norm="none"):
+        super().__init__()
+        self.features = nn.Sequential(
+            *_conv_block(in_channels, 6, 5, norm),
+            nn.MaxPool2d(2),
+            *_conv_block(6, 16, 5, norm),
+            nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d((5, 5)),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(16 * 5 * 5, 120),
+            nn.ReLU(inplace=True),
+            nn.Linear(120, 84),
+            nn.ReLU(inplace=True),
+            nn.Linear(84, num_classes),
+        )
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class AlexNet(nn.Module):
+    """The usual small AlexNet for 32x32 inputs.
+
+    Five 3x3 convolutions (64-192-384-256-256), the first with stride 2, three 2x2 max-pools, then a
+    classifier 1024 -> 512 -> 512 -> num_classes with dropout. At 32x32 the features end at 256 x 2 x 2;
+    an adaptive average pool keeps that shape for other input sizes.
+    """
+
+    def __init__(self, num_classes=10, in_channels=3, norm="none", dropout=0.5):
+        super().__init__()
+        self.features = nn.Sequential(
+            *_conv_block(in_channels, 64, 3, norm, stride=2, padding=1),
+            nn.MaxPool2d(2),
+            *_conv_block(64, 192, 3, norm, padding=1),
+            nn.MaxPool2d(2),
+            *_conv_block(192, 384, 3, norm, padding=1),
+            *_conv_block(384, 256, 3, norm, padding=1),
+            *_conv_block(256, 256, 3, norm, padding=1),
+            nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d((2, 2)),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(256 * 2 * 2, 512),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(512, 512),
+            nn.ReLU(inplace=True),
+            nn.Linear(512, num_classes),
+        )
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def resnet18(num_classes=10, in_channels=3, stem="cifar"):
+    """torchvision's ResNet-18; the CIFAR stem is a 3x3 stride-1 conv without max-pool."""
+    model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
+    if stem == "cifar":
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    elif in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return model
+
+
+def shufflenetv2(num_classes=10, in_channels=3, stem="cifar"):
+    """torchvision's ShuffleNetV2 x1.0; the CIFAR stem has conv1 3x3 stride 1 and no max-pool."""
+    model = torchvision.models.shufflenet_v2_x1_0(weights=None, num_classes=num_classes)
+    stride = 1 if stem == "cifar" else 2
+    if stem == "cifar" or in_channels != 3:
+        out_channels = model.conv1[0].out_channels
+        model.conv1[0] = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False)
+    if stem == "cifar":
+        model.maxpool = nn.Identity()
+    return model
+
+
+def _check_choice(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not supported; allowed values: {', '.join(allowed)}")
+
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} is not allowed; expected a positive integer")
+
+
+def build_model(arch, num_classes=10, in_channels=3, norm="none", stem="cifar"):
+    """Build one client model by name. See the module docstring for `norm` and `stem`."""
+    _check_choice("arch", arch, ARCHITECTURES)
+    _check_choice("norm", norm, NORMS)
+    _check_choice("stem", stem, STEMS)
+    _check_positive_int("num_classes", num_classes)
+    _check_positive_int("in_channels", in_channels)
+    if arch == "lenet":
+        return LeNet(num_classes, in_channels, norm)
+    if arch == "alexnet":
+        return AlexNet(num_classes, in_channels, norm)
+    if arch == "resnet18":
+        return resnet18(num_classes, in_channels, stem)
+    return shufflenetv2(num_classes, in_channels, stem)
+
+
+def count_parameters(model):
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,145 @@
+"""Client architectures: shapes, the BatchNorm option, the two stems, argument errors."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn as nn
+
+from fedkt.models import ARCHITECTURES, NORMS, STEMS, build_model, count_parameters
+
+
+def _forward(model, x):
+    model.eval()
+    with torch.no_grad():
+        return model(x)
+
+
+def _convs_and_followers(model):
+    """(conv, module right after it) for every Conv2d, in registration order (our models are sequential)."""
+    modules = [m for m in model.modules() if not isinstance(m, (nn.Sequential,)) and m is not model
+               and not list(m.children())]
+    return [(m, modules[i + 1] if i + 1 < len(modules) else None) for i, m in enumerate(modules)
+            if isinstance(m, nn.Conv2d)]
+
+
+@pytest.mark.parametrize("arch,norm,stem", list(itertools.product(ARCHITECTURES, NORMS, STEMS)))
+def test_every_combination_builds_and_outputs_logits(arch, norm, stem):
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=10, norm=norm, stem=stem)
+    out = _forward(model, torch.randn(3, 3, 32, 32))
+    assert out.shape == (3, 10)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("size", [28, 32, 64])
+def test_grayscale_seven_classes_any_size(arch, size):
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=7, in_channels=1, norm="batch")
+    out = _forward(model, torch.randn(2, 1, size, size))
+    assert out.shape == (2, 7)
+    first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert first_conv.in_channels == 1
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_training_step_runs_and_changes_weights(arch):
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=10)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.train()
+    loss = nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    opt.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("arch", ["lenet", "alexnet"])
+def test_norm_batch_puts_batchnorm_after_every_conv(arch):
+    model = build_model(arch, norm="batch")
+    pairs = _convs_and_followers(model)
+    assert len(pairs) == (2 if arch == "lenet" else 5)
+    for conv, follower in pairs:
+        assert isinstance(follower, nn.BatchNorm2d)
+        assert follower.num_features == conv.out_channels
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert n_bn == len(pairs)
+
+
+@pytest.mark.parametrize("arch", ["lenet", "alexnet"])
+def test_norm_none_has_no_normalization(arch):
+    model = build_model(arch, norm="none")
+    norm_types = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)
+    assert not any(isinstance(m, norm_types) for m in model.modules())
+    assert len(_convs_and_followers(model)) == (2 if arch == "lenet" else 5)
+
+
+def test_lenet_is_lenet5():
+    model = build_model("lenet")
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [(c.out_channels, c.kernel_size) for c in convs] == [(6, (5, 5)), (16, (5, 5))]
+    assert [(l.in_features, l.out_features) for l in linears] == [(400, 120), (120, 84), (84, 10)]
+
+
+def test_alexnet_conv_widths_and_dropout():
+    model = build_model("alexnet")
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 192, 384, 256, 256]
+    assert all(c.kernel_size == (3, 3) for c in convs)
+    assert any(isinstance(m, nn.Dropout) for m in model.modules())
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_big_models_keep_their_own_batchnorm(norm):
+    for arch in ("resnet18", "shufflenetv2"):
+        model = build_model(arch, norm=norm)
+        assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert count_parameters(build_model("resnet18", norm="none")) == count_parameters(
+        build_model("resnet18", norm="batch"))
+
+
+def test_resnet18_stems():
+    cifar, imagenet = build_model("resnet18", stem="cifar"), build_model("resnet18", stem="imagenet")
+    assert cifar.conv1.kernel_size == (3, 3) and cifar.conv1.stride == (1, 1) and cifar.conv1.padding == (1, 1)
+    assert isinstance(cifar.maxpool, nn.Identity)
+    assert imagenet.conv1.kernel_size == (7, 7) and imagenet.conv1.stride == (2, 2)
+    assert isinstance(imagenet.maxpool, nn.MaxPool2d)
+    # The CIFAR stem keeps 32x32 resolution into layer1; the ImageNet stem divides it by 4.
+    x = torch.randn(1, 3, 32, 32)
+    stem = lambda m: m.maxpool(m.relu(m.bn1(m.conv1(x))))  # noqa: E731
+    with torch.no_grad():
+        assert stem(cifar.eval()).shape[-1] == 32
+        assert stem(imagenet.eval()).shape[-1] == 8
+
+
+def test_shufflenetv2_stems():
+    cifar, imagenet = build_model("shufflenetv2", stem="cifar"), build_model("shufflenetv2", stem="imagenet")
+    assert cifar.conv1[0].kernel_size == (3, 3) and cifar.conv1[0].stride == (1, 1)
+    assert isinstance(cifar.maxpool, nn.Identity)
+    assert imagenet.conv1[0].stride == (2, 2)
+    assert isinstance(imagenet.maxpool, nn.MaxPool2d)
+    assert count_parameters(cifar) == count_parameters(imagenet)
+
+
+def test_imagenet_stem_with_one_channel():
+    model = build_model("resnet18", in_channels=1, stem="imagenet")
+    assert model.conv1.in_channels == 1 and model.conv1.kernel_size == (7, 7) and model.conv1.stride == (2, 2)
+    model = build_model("shufflenetv2", in_channels=1, stem="imagenet")
+    assert model.conv1[0].in_channels == 1 and model.conv1[0].stride == (2, 2)
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(arch="vgg16"), "arch"),
+    (dict(arch="lenet", norm="group"), "norm"),
+    (dict(arch="resnet18", stem="tiny"), "stem"),
+    (dict(arch="lenet", num_classes=0), "num_classes"),
+    (dict(arch="lenet", in_channels=-1), "in_channels"),
+])
+def test_bad_arguments_raise_clear_value_error(kwargs, name):
+    with pytest.raises(ValueError, match=name) as info:
+        build_model(**kwargs)
+    if name in ("arch", "norm", "stem"):
+        assert "allowed" in str(info.value)

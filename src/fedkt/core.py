@@ -1,0 +1,345 @@
+"""Server-side math of KT-pFL and FedMD, free of any federated framework.
+
+Shapes: N clients, M samples in the round's alignment subset, C classes.
+probs[j] = softmax(f_j(x) / T) of client j on that subset, so probs is (N, M, C).
+
+KT-pFL keeps an N x N knowledge coefficient matrix c (each row on the probability
+simplex) and sends client i its own target s_i = sum_j c_ij p_j. FedMD sends every
+client the same mean.
+
+Numerics: the big contractions (N x N times N x M*C) run in the dtype of the
+predictions (float32 for speed, float64 for exact checks); the small N x N algebra
+(gradient step, step size, renormalisation) runs in float64, so rows of c sum to 1
+to about 1e-15 whatever the input dtype.
+
+Absent clients (present[j] False: no answer this round). Let A be the present set,
+n = |A| and m_i = sum_{j in A} c_ij the mass row i puts on present clients.
+  - update: only the block c[A, A] changes. For each present row i, q_i = c_i[A] / m_i
+    (uniform 1/n if m_i = 0) is updated exactly as if only the n present clients
+    existed (penalty around 1/n), renormalised onto the simplex, and written back as
+    c_i[A] = m_i * q_i. Absent rows and absent columns are left bit-for-bit as they
+    were, and every row still sums to 1. (A present row with m_i = 0 stays as it is.)
+  - targets: s_i = sum_{j in A} (c_ij / m_i) p_j for every client i (uniform over A
+    if m_i = 0). Absent clients never enter anybody's target.
+With everybody present, both reduce to the plain rules (m_i = 1, q = c).
+"""
+
+import numpy as np
+import torch
+
+LOGIT_BOUND = 1e4  # |logit| above this is rejected by check_predictions
+KL_EPS = 1e-12  # floor on s_i inside log (only bites when a row of c has zeros)
+OBJECTIVES = ("kl", "mse")
+NORMALIZATIONS = ("softmax", "simplex")
+WEIGHTINGS = ("trained", "cosine", "topk")
+
+
+# -----------------------------------------------------------------------------
+# small helpers
+
+def _as_tensor(x):
+    """Torch view of x (no copy for float32/float64 arrays) and whether x was numpy."""
+    was_numpy = not isinstance(x, torch.Tensor)
+    t = torch.from_numpy(np.ascontiguousarray(x)) if was_numpy else x
+    if t.dtype not in (torch.float32, torch.float64):
+        t = t.float()
+    return t, was_numpy
+
+
+def _out(t, was_numpy):
+    return t.numpy() if was_numpy else t
+
+
+def _present_mask(present, n):
+    """Boolean (n,) tensor from None (all), a boolean mask or a list of indices."""
+    if present is None:
+        return torch.ones(n, dtype=torch.bool)
+    p = torch.as_tensor(np.asarray(present))
+    if p.dtype != torch.bool:
+        mask = torch.zeros(n, dtype=torch.bool)
+        mask[p.long()] = True
+        p = mask
+    if p.shape != (n,):
+        raise ValueError(f"present must have shape ({n},), got {tuple(p.shape)}")
+    if not p.any():
+        raise ValueError("no client is present")
+    return p
+
+
+def _row_normalized(w):
+    """Rows of w (float64) divided by their sums; uniform where a row sums to 0."""
+    mass = w.sum(1, keepdim=True)
+    return torch.where(mass > 0, w / mass.clamp_min(1e-300), 1.0 / w.shape[1]), mass
+
+
+def soft_predictions(logits, temperature=1.0):
+    """softmax(logits / T) along the class (last) axis; numpy in -> numpy out."""
+    t, was_numpy = _as_tensor(logits)
+    return _out(torch.softmax(t / temperature, dim=-1), was_numpy)
+
+
+def adaptive_step(grad_abs_mean):
+    """Per-row step of the KT-pFL code: start at 1.0 and, 5 times, divide by 5 while the
+    mean |grad| times the step is above 0.01 and multiply by 5 while it is below; the
+    product ends in [0.01, 0.05] (the step stays within 5^-5 .. 5^5)."""
+    g = grad_abs_mean.clone()
+    lr = torch.ones_like(g)
+    for _ in range(5):  # the code's exact sequence of two ifs, on all rows at once
+        big = g > 0.01
+        g, lr = torch.where(big, g / 5, g), torch.where(big, lr / 5, lr)
+        small = g < 0.01
+        g, lr = torch.where(small, g * 5, g), torch.where(small, lr * 5, lr)
+    return lr
+
+
+def _adaptive_step_scalar(g):
+    """Same rule for one row, written as in the KT-pFL code (used by update_reference)."""
+    lr = 1.0
+    for _ in range(5):
+        if g > 0.01:
+            g, lr = g / 5, lr / 5
+        if g < 0.01:
+            g, lr = g * 5, lr * 5
+    return lr
+
+
+def project_simplex(v):
+    """Euclidean projection of each row of v onto the probability simplex (sort-based)."""
+    n = v.shape[1]
+    u = v.sort(dim=1, descending=True).values
+    css = u.cumsum(1) - 1
+    k = torch.arange(1, n + 1, dtype=v.dtype)
+    support = (u - css / k) > 0
+    r = support.sum(1, keepdim=True)  # size of the support, >= 1
+    theta = css.gather(1, r - 1) / r
+    return (v - theta).clamp_min(0)
+
+
+def _normalize(q, how, tau):
+    if how == "softmax":
+        return torch.softmax(q / tau, dim=1)
+    return project_simplex(q)
+
+
+def _gram(flat):
+    """flat @ flat.T in float64, computing the symmetric off-diagonal block once (3/4 of
+    the flops of one plain matmul)."""
+    h = flat.shape[0] // 2
+    a, b = flat[:h], flat[h:]
+    ab = a @ b.T
+    top = torch.cat([a @ a.T, ab], 1)
+    bottom = torch.cat([ab.T, b @ b.T], 1)
+    return torch.cat([top, bottom], 0).double()
+
+
+def similarity_weights(flat, weighting, topk=3):
+    """Row-stochastic (n, n) weights from the cosine similarity of flattened predictions.
+    "cosine": c_ij proportional to max(cos_ij, 0). "topk": 1/k on the k most similar
+    clients of each row (itself always included), 0 elsewhere."""
+    gram = _gram(flat)
+    norm = gram.diagonal().sqrt().clamp_min(1e-30)
+    cos = (gram / norm[:, None] / norm[None, :]).clamp_min(0)
+    cos.fill_diagonal_(1.0)
+    if weighting == "cosine":
+        return cos / cos.sum(1, keepdim=True)
+    n = cos.shape[0]
+    k = min(topk, n)
+    cos.fill_diagonal_(float("inf"))  # self first, whatever the ties
+    top = cos.topk(k, dim=1).indices
+    return torch.zeros(n, n, dtype=torch.float64).scatter_(1, top, 1.0 / k)
+
+
+# -----------------------------------------------------------------------------
+# KT-pFL objective, vectorised over clients
+
+def _data_grad(q, flat, objective, num_samples, gram=None):
+    """d/dq of sum_i D(p_i, s_i) with s = q @ flat; q (n, n) float64, flat (n, M*C).
+    KL:  D_i = (1/M) sum p_i log(p_i / s_i)    -> grad = -(1/M) (P / S) P^T
+    MSE: D_i = mean over M*C of (p_i - s_i)^2  -> grad = 2/(M C) (q G - G), G = P P^T"""
+    if objective == "kl":
+        S = q.to(flat.dtype) @ flat
+        R = torch.div(flat, S.clamp_min_(KL_EPS), out=S)  # reuse S's memory
+        return -(R @ flat.T).double() / num_samples
+    return 2.0 * (q @ gram - gram) / flat.shape[1]
+
+
+def _data_loss(q, flat, objective, num_samples):
+    S = q.to(flat.dtype) @ flat
+    if objective == "kl":
+        kl = torch.special.xlogy(flat, flat) - torch.special.xlogy(flat, S.clamp_min_(KL_EPS))
+        return kl.double().sum().item() / num_samples
+    return ((flat - S) ** 2).double().sum().item() / flat.shape[1]
+
+
+class KnowledgeCoefficients:
+    """The KT-pFL knowledge coefficient matrix c (N x N, float64 numpy, rows on the simplex).
+
+    Each round: update(probs, present) takes `steps` gradient steps on
+        L(c) = sum_i D(p_i, s_i(c)) + rho * ||c - 1/N||^2,   s_i = sum_j c_ij p_j,
+    each followed by row renormalisation (softmax(row / tau), or projection onto the
+    simplex), all rows at once; then targets(probs, present) gives client i its s_i.
+    step_size=None uses the KT-pFL code's adaptive per-row step (see adaptive_step).
+    weighting="cosine" / "topk" replace the trained c by similarity weights.
+    steps=k is the single-step update applied k times to the same predictions.
+
+    Caveat of the adaptive step: it fixes the step's length (mean |change| of a row of
+    0.01-0.05 before renormalisation), not rho, so c hovers around the minimiser instead
+    of settling, and for rho > ~3000 (2 * rho * 5^-5 > 2) it diverges. A fixed
+    step_size below 1 / (2 * rho) is a plain convergent descent on the penalty.
+    """
+
+    def __init__(self, num_clients, rho=0.7, objective="kl", step_size=None, steps=1,
+                 normalize="softmax", tau=0.2, weighting="trained", topk=3):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        if num_clients < 1 or steps < 1 or topk < 1 or tau <= 0 or rho < 0:
+            raise ValueError("need num_clients, steps, topk >= 1, tau > 0 and rho >= 0")
+        self.num_clients = int(num_clients)
+        self.rho, self.objective, self.step_size, self.steps = float(rho), objective, step_size, int(steps)
+        self.normalize, self.tau, self.weighting, self.topk = normalize, float(tau), weighting, int(topk)
+        self.c = np.full((num_clients, num_clients), 1.0 / num_clients)
+
+    _CONFIG = ("rho", "objective", "step_size", "steps", "normalize", "tau", "weighting", "topk")
+
+    def _inputs(self, probs, present):
+        """(N, M, C) tensor, its numpy-ness, present indices and the (n, M*C) present block."""
+        P3, was_numpy = _as_tensor(probs)
+        if P3.ndim != 3 or P3.shape[0] != self.num_clients:
+            raise ValueError(f"probs must be (N={self.num_clients}, M, C), got {tuple(P3.shape)}")
+        mask = _present_mask(present, self.num_clients)
+        idx = mask.nonzero().squeeze(1)
+        block = P3 if bool(mask.all()) else P3[idx]
+        return P3, was_numpy, idx.numpy(), block.reshape(len(idx), -1)
+
+    def update(self, probs, present=None):
+        """One round of update of c from the (N, M, C) soft predictions; returns a copy of c."""
+        P3, _, idx, flat = self._inputs(probs, present)
+        ix = np.ix_(idx, idx)
+        q, mass = _row_normalized(torch.from_numpy(self.c[ix]))
+        if self.weighting == "trained":
+            q = self._trained_steps(q, flat, P3.shape[1])
+        else:
+            q = similarity_weights(flat, self.weighting, self.topk)
+        self.c[ix] = (mass * q).numpy()
+        return self.c.copy()
+
+    def _trained_steps(self, q, flat, num_samples):
+        n = q.shape[0]
+        gram = _gram(flat) if self.objective == "mse" else None  # reused across steps
+        for _ in range(self.steps):
+            grad = _data_grad(q, flat, self.objective, num_samples, gram) + 2 * self.rho * (q - 1.0 / n)
+            if self.step_size is None:
+                lr = adaptive_step(grad.abs().mean(1))[:, None]
+            else:
+                lr = self.step_size
+            q = _normalize(q - lr * grad, self.normalize, self.tau)
+        return q
+
+    def targets(self, probs, present=None):
+        """(N, M, C) personalised targets: row i is s_i = sum_j c_ij p_j over present j."""
+        P3, was_numpy, idx, flat = self._inputs(probs, present)
+        w, _ = _row_normalized(torch.from_numpy(self.c[:, idx]))
+        return _out((w.to(flat.dtype) @ flat).reshape(P3.shape), was_numpy)
+
+    def loss(self, probs, present=None):
+        """L(c) on the present block (the quantity update descends), as a float."""
+        P3, _, idx, flat = self._inputs(probs, present)
+        q, _ = _row_normalized(torch.from_numpy(self.c[np.ix_(idx, idx)]))
+        penalty = self.rho * ((q - 1.0 / len(idx)) ** 2).sum().item()
+        return _data_loss(q, flat, self.objective, P3.shape[1]) + penalty
+
+    def state_dict(self):
+        return {"c": self.c.copy(), "num_clients": self.num_clients,
+                **{k: getattr(self, k) for k in self._CONFIG}}
+
+    def load_state_dict(self, state):
+        c = np.array(state["c"], dtype=np.float64)
+        if c.shape != (self.num_clients, self.num_clients):
+            raise ValueError(f"c has shape {c.shape}, expected ({self.num_clients}, {self.num_clients})")
+        for k in self._CONFIG:
+            if k in state:
+                setattr(self, k, state[k])
+        self.c = c
+
+
+def update_reference(c, probs, present=None, rho=0.7, objective="kl", step_size=None,
+                     normalize="softmax", tau=0.2, rows=None):
+    """One update step done row by row with autograd, the way the KT-pFL code loops over
+    clients. Same rules as KnowledgeCoefficients.update (steps=1); returns the new c.
+    rows: only update these present rows (for timing a subset); default all present."""
+    c = np.array(c, dtype=np.float64)
+    P3, _ = _as_tensor(probs)
+    N, M = P3.shape[:2]
+    idx = _present_mask(present, N).nonzero().squeeze(1).numpy()
+    n = len(idx)
+    flat = P3[torch.from_numpy(idx)].reshape(n, -1)
+    rows = idx if rows is None else rows
+    for i in rows:
+        mass = c[i, idx].sum()
+        q0 = c[i, idx] / mass if mass > 0 else np.full(n, 1.0 / n)
+        q = torch.tensor(q0, requires_grad=True)
+        s = q.to(flat.dtype) @ flat
+        p = P3[i].reshape(-1)
+        if objective == "kl":
+            data = (torch.special.xlogy(p, p) - torch.special.xlogy(p, s.clamp_min(KL_EPS))).sum() / M
+        else:
+            data = ((p - s) ** 2).mean()
+        loss = data + rho * ((q - 1.0 / n) ** 2).sum()
+        loss.backward()
+        with torch.no_grad():
+            g = q.grad
+            lr = _adaptive_step_scalar(g.abs().mean().item()) if step_size is None else step_size
+            q_new = _normalize((q - lr * g)[None], normalize, tau)[0]
+        c[i, idx] = mass * q_new.numpy()
+    return c
+
+
+# -----------------------------------------------------------------------------
+# FedMD and upload validation
+
+def fedmd_consensus(values, present=None, mode="probs"):
+    """FedMD consensus: the mean over present clients of (N, M, C) values -> (M, C).
+    mode "probs": the values are soft predictions and their mean is sent (KT-pFL's
+    FedMD baseline); mode "logits": the values are logits (original FedMD)."""
+    if mode not in ("probs", "logits"):
+        raise ValueError(f"mode must be 'probs' or 'logits', got {mode!r}")
+    V, was_numpy = _as_tensor(values)
+    if V.ndim != 3:
+        raise ValueError(f"values must be (N, M, C), got {tuple(V.shape)}")
+    mask = _present_mask(present, V.shape[0])
+    return _out(V[mask].mean(0), was_numpy)
+
+
+def check_predictions(array, num_samples, num_classes, kind="probs"):
+    """Why an uploaded (num_samples, num_classes) prediction is unacceptable, or None.
+    kind "probs": finite, non-negative, rows summing to 1 within 1e-3.
+    kind "logits": finite and |value| <= LOGIT_BOUND (1e4)."""
+    if kind not in ("probs", "logits"):
+        raise ValueError(f"kind must be 'probs' or 'logits', got {kind!r}")
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()
+    try:
+        a = np.asarray(array)
+    except (ValueError, TypeError) as e:
+        return f"not an array: {e}"
+    if a.dtype == bool or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+        return f"dtype {a.dtype} is not a real number type"
+    if a.ndim != 2:
+        return f"expected 2 dimensions, got {a.ndim}"
+    if a.shape != (num_samples, num_classes):
+        return f"expected shape ({num_samples}, {num_classes}), got {a.shape}"
+    if not np.isfinite(a).all():
+        return "non-finite values (NaN or inf)"
+    if kind == "probs":
+        if (a < 0).any():
+            return "negative probabilities"
+        err = np.abs(a.sum(1, dtype=np.float64) - 1.0).max() if a.size else 0.0
+        if err > 1e-3:
+            return f"rows do not sum to 1 (max error {err:.3g})"
+    elif a.size and np.abs(a).max() > LOGIT_BOUND:
+        return f"logits beyond +-{LOGIT_BOUND:g}"
+    return None

@@ -1,0 +1,178 @@
+"""The run configuration: one nested dict of scalars, checked before anything expensive starts.
+
+Defaults live in conf/config.yaml only. Hydra gives `python -m fedkt.sim` a nested config; Flower's run
+config (`flwr run`) is flat with dotted keys ("client.lr"); `unflatten` turns that into the same dict.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+ALGORITHMS = ("ktpfl", "fedmd", "local")
+SCHEMES = ("type1", "type2", "iid")
+ARCHITECTURES = ("lenet", "alexnet", "resnet18", "shufflenetv2")
+
+CHOICES = {
+    "data.name": ("cifar10", "imagefolder", "synthetic"),
+    "data.resize": ("resize", "pad", "none"),
+    "partition.scheme": SCHEMES,
+    "partition.type1_method": ("dirichlet", "lognormal"),
+    "model.norm": ("none", "batch"),
+    "model.stem": ("cifar", "imagenet"),
+    "algorithm.name": ALGORITHMS,
+    "algorithm.upload": ("logits", "probs"),
+    "algorithm.wire_dtype": ("float32", "float16"),
+    "algorithm.objective": ("kl", "mse"),
+    "algorithm.normalize": ("softmax", "simplex"),
+    "algorithm.weighting": ("trained", "cosine", "topk"),
+    "algorithm.consensus": ("probs", "logits"),
+    "algorithm.distill_loss": ("kl", "l1", "mse"),
+    "client.lr_policy": ("constant", "plateau", "cosine"),
+    "client.state_store": ("disk", "context"),
+}
+
+POSITIVE = (  # keys that must be > 0
+    "num_rounds", "num_clients", "data.image_size", "algorithm.align_size", "algorithm.temperature",
+    "algorithm.distill_batch_size", "algorithm.distill_lr", "algorithm.tau", "algorithm.topk",
+    "algorithm.coef_steps", "client.lr", "client.batch_size", "client.local_epochs", "client.num_cpus",
+    "client.eval_batch_size", "client.lr_factor",
+)
+NON_NEGATIVE = (
+    "data.public_size", "data.samples_per_client", "algorithm.rho", "algorithm.coef_step",
+    "algorithm.distill_epochs", "client.momentum", "client.weight_decay", "client.max_local_epochs",
+    "client.warmup_epochs", "client.warmup_public_epochs", "client.lr_patience",
+)
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key, the value and what is allowed."""
+
+
+def get(cfg: dict, key: str):
+    """cfg["a"]["b"] for key "a.b"."""
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"config key '{key}' is missing")
+        node = node[part]
+    return node
+
+
+def flatten(cfg: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    flat = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def unflatten(flat: dict) -> dict:
+    """{"a.b": 1} -> {"a": {"b": 1}} (Flower run configs are flat)."""
+    cfg: dict = {}
+    for key, value in flat.items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return cfg
+
+
+def client_architectures(cfg: dict) -> list[str]:
+    """One architecture per client: the list as given, or a shorter list repeated in equal blocks
+    (4 names for 20 clients -> 5 of each, in order)."""
+    value = get(cfg, "model.architectures")  # "a,b" (Flower run config) or [a, b] (Hydra list syntax)
+    names = [str(a).strip() for a in (value if isinstance(value, list) else str(value).split(",")) if str(a).strip()]
+    n = int(get(cfg, "num_clients"))
+    for name in names:
+        if name not in ARCHITECTURES:
+            raise ConfigError(f"model.architectures: unknown architecture '{name}'; allowed: {', '.join(ARCHITECTURES)}")
+    if not names:
+        raise ConfigError("model.architectures is empty; give a comma-separated list, e.g. 'lenet,resnet18'")
+    if len(names) == n:
+        return names
+    if n % len(names) == 0:
+        return [name for name in names for _ in range(n // len(names))]
+    raise ConfigError(
+        f"model.architectures has {len(names)} names for num_clients={n}: give one per client "
+        f"or a list whose length divides num_clients")
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def gpus_per_client(cfg: dict) -> float:
+    """Ray GPU share of one client: client.num_gpus, or when it is -1, 0.25 where CUDA exists, else 0."""
+    share = float(get(cfg, "client.num_gpus"))
+    if share < 0:
+        return 0.25 if cuda_available() else 0.0
+    return share
+
+
+def validate(cfg: dict) -> None:
+    """Raise ConfigError on the first value that cannot work. Runs before data loading and Ray."""
+    for key, allowed in CHOICES.items():
+        value = get(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
+    for key in POSITIVE:
+        value = get(cfg, key)
+        if not _is_number(value) or value <= 0:
+            raise ConfigError(f"{key}={value!r} must be a number > 0")
+    for key in NON_NEGATIVE:
+        value = get(cfg, key)
+        if not _is_number(value) or value < 0:
+            raise ConfigError(f"{key}={value!r} must be a number >= 0")
+    client_architectures(cfg)
+    name = get(cfg, "algorithm.name")
+    if name != "local" and get(cfg, "algorithm.align_size") > get(cfg, "data.public_size"):
+        raise ConfigError(
+            f"algorithm.align_size={get(cfg, 'algorithm.align_size')} is larger than the public set "
+            f"(data.public_size={get(cfg, 'data.public_size')}); lower it or enlarge the public set")
+    if get(cfg, "algorithm.distill_loss") in ("l1", "mse") and not (
+            name == "fedmd" and get(cfg, "algorithm.consensus") == "logits"):
+        raise ConfigError(
+            f"algorithm.distill_loss={get(cfg, 'algorithm.distill_loss')!r} distils towards logits: it needs "
+            "algorithm.name=fedmd with algorithm.consensus=logits; use distill_loss=kl otherwise")
+    if name == "fedmd" and get(cfg, "algorithm.consensus") == "logits" and get(cfg, "algorithm.upload") != "logits":
+        raise ConfigError("algorithm.consensus=logits needs algorithm.upload=logits")
+    if get(cfg, "client.warmup_public_epochs") > 0 and get(cfg, "data.public_size") == 0:
+        raise ConfigError("client.warmup_public_epochs > 0 needs a public set (data.public_size > 0)")
+    for key in ("partition.test_fraction", "partition.val_fraction"):
+        value = get(cfg, key)
+        if not _is_number(value) or not 0 < value < 1:
+            raise ConfigError(f"{key}={value!r} must lie strictly between 0 and 1")
+    device = str(get(cfg, "client.device"))
+    if not (device in ("auto", "cpu") or device == "cuda" or device.startswith("cuda:")):
+        raise ConfigError(f"client.device={device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
+    wants_gpu = device.startswith("cuda") or float(get(cfg, "client.num_gpus")) > 0
+    if wants_gpu and not cuda_available():
+        raise ConfigError(
+            f"client.device={device!r}, client.num_gpus={get(cfg, 'client.num_gpus')} ask for a GPU but "
+            "torch sees none here; use client.device=auto client.num_gpus=-1 (or 0)")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # the repository's conf/ (editable install)
+
+
+def compose(overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """The config `python -m fedkt.sim OVERRIDES...` would run with, as a plain dict (for tests and tools)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    return OmegaConf.to_container(cfg, resolve=False)

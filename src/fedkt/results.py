@@ -1,0 +1,134 @@
+"""What a run leaves in its directory, written after every round so a killed run keeps what it had:
+
+- metrics.csv / metrics.json: one row per round (mean, spread, failures, seconds, bytes);
+- clients.csv: one row per client per round (architecture, test/val/train accuracy, losses, seconds, bytes);
+- coefficients.npy: KT-pFL's c after every round, shape (rounds, N, N);
+- summary.json: status, final_mean_test_acc, the per-round mean history and the wall time.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("fedkt")
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write then rename: a kill mid-write leaves the previous file whole."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def to_csv(rows: list[dict]) -> str:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def dump_json(path: Path, value) -> None:
+    write_atomic(path, json.dumps(_json_safe(value), indent=2))
+
+
+class RunRecorder:
+    """Called by the strategy after every round; keeps the run directory up to date and logs progress."""
+
+    def __init__(self, run_dir: str | Path, cfg: dict):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.cfg = cfg
+        self.num_rounds = int(cfg["num_rounds"])
+        self.rounds: list[dict] = []
+        self.client_rows: list[dict] = []
+        self.coefficients: list[np.ndarray] = []
+        self.start = time.time()
+        self.status = "running"
+        self.error = ""
+        self._write_summary()
+
+    def __call__(self, record: dict, rows: list[dict], c: np.ndarray | None) -> None:
+        self.rounds.append(record)
+        self.client_rows.extend(rows)
+        write_atomic(self.run_dir / "metrics.csv", to_csv(self.rounds))
+        dump_json(self.run_dir / "metrics.json", self.rounds)
+        write_atomic(self.run_dir / "clients.csv", to_csv(self.client_rows))
+        if c is not None:
+            self.coefficients.append(c)
+            buffer = io.BytesIO()
+            np.save(buffer, np.stack(self.coefficients))
+            write_atomic(self.run_dir / "coefficients.npy", buffer.getvalue())
+        self._write_summary()
+        log.info(self.progress_line(record))
+
+    def progress_line(self, record: dict) -> str:
+        done = len(self.rounds)
+        elapsed = time.time() - self.start
+        left = elapsed / done * (self.num_rounds - done)
+        return (f"round {record['round']}/{self.num_rounds} | mean test acc {record['mean_test_acc']:.4f} "
+                f"(min {record['min_test_acc']:.3f}, max {record['max_test_acc']:.3f}) | "
+                f"clients {record['eval_clients']}/{self.cfg['num_clients']}, failures "
+                f"{record.get('fit_failures', 0) + record.get('eval_failures', 0)}, rejected {record.get('rejected', 0)} | "
+                f"{record['seconds']:.1f} s | about {_duration(left)} left")
+
+    def finish(self, status: str, error: str = "") -> dict:
+        self.status, self.error = status, error
+        return self._write_summary()
+
+    def _write_summary(self) -> dict:
+        history = [r["mean_test_acc"] for r in self.rounds]
+        summary = {
+            "status": self.status,
+            "error": self.error,
+            "algorithm": self.cfg["algorithm"]["name"],
+            "partition": self.cfg["partition"]["scheme"],
+            "seed": self.cfg["seed"],
+            "num_clients": self.cfg["num_clients"],
+            "num_rounds": self.num_rounds,
+            "rounds_completed": len(self.rounds),
+            "final_mean_test_acc": history[-1] if history else None,
+            "best_mean_test_acc": max(history) if history else None,
+            "mean_test_acc_history": history,
+            "final_client_test_acc": {r["partition_id"]: r.get("test_acc") for r in self.client_rows
+                                      if r["round"] == (self.rounds[-1]["round"] if self.rounds else -1)},
+            "wall_seconds": time.time() - self.start,
+            "bytes_up": sum(r.get("bytes_up", 0) for r in self.rounds),
+            "bytes_down": sum(r.get("bytes_down", 0) for r in self.rounds),
+        }
+        dump_json(self.run_dir / "summary.json", summary)
+        return summary
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"

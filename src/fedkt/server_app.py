@@ -1,0 +1,23 @@
+"""The ServerApp: the KnowledgeTransfer strategy run for `num_rounds` rounds (config by closure)."""
+
+from __future__ import annotations
+
+from flwr.common import Context
+from flwr.server import ServerApp, ServerAppComponents, ServerConfig
+
+from fedkt.config import get
+from fedkt.strategy import KnowledgeTransfer
+
+
+def make_server_app(cfg: dict, num_classes: int, on_round=None, holder: dict | None = None) -> ServerApp:
+    """A ServerApp over `cfg`; the strategy it builds is put in holder["strategy"] for the caller."""
+
+    def server_fn(context: Context) -> ServerAppComponents:
+        strategy = KnowledgeTransfer(cfg, num_classes=num_classes, on_round=on_round)
+        if holder is not None:
+            holder["strategy"] = strategy
+        timeout = float(get(cfg, "round_timeout")) or None
+        return ServerAppComponents(strategy=strategy,
+                                   config=ServerConfig(num_rounds=int(cfg["num_rounds"]), round_timeout=timeout))
+
+    return ServerApp(server_fn=server_fn)

@@ -1,0 +1,118 @@
+"""`python -m fedkt.sim`: one federated run (or a Hydra multirun of them) on Flower's Ray simulation engine.
+
+    python -m fedkt.sim                                  # the `quick` preset: KT-pFL, type 1, 20 clients
+    python -m fedkt.sim algorithm=fedmd partition=type2 experiment=paper_type2 data.root=PATH
+    python -m fedkt.sim -m algorithm=ktpfl,fedmd,local partition=type1,type2 seed=0,1
+
+Each run writes into its Hydra run directory under outputs/ (see fedkt.results for the files).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from fedkt.config import ConfigError, client_architectures, get, gpus_per_client, validate
+from fedkt.data import DataError
+from fedkt.results import RunRecorder, dump_json
+from fedkt.task import load_federation
+
+log = logging.getLogger("fedkt")
+
+
+class _DropRunSimulationDeprecation(logging.Filter):
+    """Flower warns that run_simulation is deprecated in favour of `flwr run`; this CLI is that choice."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "run_simulation` function is deprecated" not in record.getMessage()
+
+
+def configure_logging(verbose: bool) -> None:
+    log.setLevel(logging.INFO)
+    if not log.handlers and not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if not any(isinstance(f, _DropRunSimulationDeprecation) for f in flwr_logger.filters):
+        flwr_logger.addFilter(_DropRunSimulationDeprecation())
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+
+def backend_config(cfg: dict) -> dict:
+    """Ray resources per client (fractional GPUs where CUDA exists) and Ray's own start-up arguments."""
+    verbose = bool(get(cfg, "logging.verbose"))
+    init_args: dict = {"logging_level": logging.INFO if verbose else logging.WARNING, "log_to_driver": verbose}
+    address = str(get(cfg, "ray.address"))
+    if address:
+        init_args["address"] = address
+    else:
+        init_args["num_cpus"] = os.cpu_count() or 1
+    return {"client_resources": {"num_cpus": int(get(cfg, "client.num_cpus")), "num_gpus": gpus_per_client(cfg)},
+            "init_args": init_args}
+
+
+def run(cfg: dict, run_dir: str | Path) -> dict:
+    """Check the config and the data, then run the federation; returns the summary (also summary.json)."""
+    from flwr.simulation import run_simulation
+
+    from fedkt.client_app import make_client_app
+    from fedkt.server_app import make_server_app
+
+    configure_logging(bool(get(cfg, "logging.verbose")))
+    validate(cfg)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = dict(cfg, run_dir=str(run_dir.resolve()))
+    data, partition = load_federation(cfg)
+    labels = data.y_train.numpy()
+    (run_dir / "partition.txt").write_text(partition.summary(labels, data.classes))
+    partition.to_json(run_dir / "partition.json")
+    dump_json(run_dir / "config.json", cfg)
+    archs = client_architectures(cfg)
+    log.info("%s on %s, %d clients (%s), %d rounds -> %s", cfg["algorithm"]["name"], cfg["partition"]["scheme"],
+             cfg["num_clients"], _count(archs), cfg["num_rounds"], run_dir)
+
+    recorder = RunRecorder(run_dir, cfg)
+    holder: dict = {}
+    server_app = make_server_app(cfg, num_classes=data.num_classes, on_round=recorder, holder=holder)
+    try:
+        run_simulation(server_app=server_app, client_app=make_client_app(cfg), num_supernodes=int(cfg["num_clients"]),
+                       backend_config=backend_config(cfg), verbose_logging=bool(get(cfg, "logging.verbose")))
+    except BaseException as error:  # keep what the finished rounds wrote, and say why it stopped
+        recorder.finish("failed", f"{type(error).__name__}: {error}")
+        raise
+    done = len(recorder.rounds) == int(cfg["num_rounds"])
+    summary = recorder.finish("completed" if done else "incomplete")
+    log.info("final mean test accuracy %s after %d rounds, %.0f s; results in %s",
+             _fmt(summary["final_mean_test_acc"]), summary["rounds_completed"], summary["wall_seconds"], run_dir)
+    return summary
+
+
+def _count(archs: list[str]) -> str:
+    return ", ".join(f"{archs.count(a)} {a}" for a in dict.fromkeys(archs))
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+@hydra.main(config_path="../../conf", config_name="config", version_base=None)
+def main(hydra_cfg: DictConfig) -> float | None:
+    cfg = OmegaConf.to_container(hydra_cfg, resolve=True)
+    try:
+        summary = run(cfg, HydraConfig.get().runtime.output_dir)
+    except (ConfigError, DataError) as error:
+        log.error("error: %s", error)
+        sys.exit(2)
+    return summary["final_mean_test_acc"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""The server side: a Flower Strategy that turns clients' predictions into per-client targets.
+
+Each round r every client distils towards the target it was sent (computed on round r-1's alignment
+subset), trains on its shard and uploads its predictions on round r's alignment subset. The strategy
+validates the uploads, maps them to partition ids (node ids are random), and builds the next targets:
+KT-pFL through the trained coefficient matrix c (each client its own row), FedMD one consensus for all,
+`local` nothing. The math lives in fedkt.core; this class only moves arrays and records what happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+import numpy as np
+from flwr.common import (EvaluateIns, EvaluateRes, FitIns, FitRes, Parameters, ndarrays_to_parameters,
+                         parameters_to_ndarrays)
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import Strategy
+
+from fedkt.config import client_architectures, get
+from fedkt.core import KnowledgeCoefficients, check_predictions, fedmd_consensus, soft_predictions
+from fedkt.task import alignment_seed
+
+log = logging.getLogger("fedkt")
+
+
+def local_epochs(cfg: dict, server_round: int) -> int:
+    """Private epochs in round r: fixed, or ramped linearly from client.local_epochs up to
+    client.max_local_epochs over the rounds (as the KT-pFL code does)."""
+    first, last = int(get(cfg, "client.local_epochs")), int(get(cfg, "client.max_local_epochs"))
+    rounds = int(get(cfg, "num_rounds"))
+    if last <= first or rounds == 1:
+        return first
+    return int(round(first + (last - first) * (server_round - 1) / (rounds - 1)))
+
+
+def make_coefficients(cfg: dict) -> KnowledgeCoefficients:
+    algo = cfg["algorithm"]
+    return KnowledgeCoefficients(
+        int(cfg["num_clients"]), rho=float(algo["rho"]), objective=algo["objective"],
+        step_size=float(algo["coef_step"]) or None, steps=int(algo["coef_steps"]),
+        normalize=algo["normalize"], tau=float(algo["tau"]), weighting=algo["weighting"], topk=int(algo["topk"]))
+
+
+class KnowledgeTransfer(Strategy):
+    """KT-pFL (`ktpfl`), FedMD (`fedmd`) or no collaboration (`local`) over all clients every round.
+
+    `on_round(record, clients, c)` is called once per round after evaluation with the round's summary,
+    one row per client, and c (KT-pFL) or None.
+    """
+
+    def __init__(self, cfg: dict, num_classes: int, on_round: Callable | None = None):
+        self.cfg = cfg
+        self.algorithm = get(cfg, "algorithm.name")
+        self.num_clients = int(get(cfg, "num_clients"))
+        self.num_classes = num_classes
+        self.align_size = int(get(cfg, "algorithm.align_size"))
+        self.architectures = client_architectures(cfg)
+        self.coefficients = make_coefficients(cfg) if self.algorithm == "ktpfl" else None
+        self.on_round = on_round
+        self.node_to_partition: dict[str, int] = {}
+        self.targets: dict[int, np.ndarray] = {}  # partition id -> target on round `target_round`'s subset
+        self.target_round = 0
+        self.history: list[dict] = []  # one summary per round
+        self.client_rows: list[dict] = []  # one row per client per round
+        self._round: dict = {}
+        self._clients: dict[int, dict] = {}
+
+    # -- Flower hooks ------------------------------------------------------------------------------
+
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        return ndarrays_to_parameters([])  # no global model: clients own different architectures
+
+    def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
+        self._round = {"round": server_round, "start": time.time(), "bytes_down": 0}
+        self._clients = {}
+        client_manager.wait_for(self.num_clients, timeout=60)
+        collaborate = self.algorithm != "local"
+        base = {
+            "round": server_round,
+            "epochs": local_epochs(self.cfg, server_round),
+            "next_seed": alignment_seed(self.cfg["seed"], server_round) if collaborate else -1,
+            "target_seed": -1,
+            "target_partition": -1,
+        }
+        wire = np.float16 if get(self.cfg, "algorithm.wire_dtype") == "float16" else np.float32
+        instructions = []
+        for proxy in client_manager.all().values():
+            config, arrays = dict(base), []
+            pid = self.node_to_partition.get(proxy.cid)
+            if pid is not None and pid in self.targets:
+                config["target_seed"] = alignment_seed(self.cfg["seed"], self.target_round)
+                config["target_partition"] = pid
+                arrays = [self.targets[pid].astype(wire)]
+                self._round["bytes_down"] += arrays[0].nbytes
+            instructions.append((proxy, FitIns(ndarrays_to_parameters(arrays), config)))
+        return instructions
+
+    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures):
+        uploads, rejected, bytes_up = {}, [], 0
+        for proxy, res in results:
+            metrics = dict(res.metrics)
+            pid = metrics.get("partition_id")
+            if not isinstance(pid, int) or not 0 <= pid < self.num_clients or pid in self._clients:
+                rejected.append((pid, f"bad or repeated partition id {pid!r} from node {proxy.cid}"))
+                continue
+            arrays = parameters_to_ndarrays(res.parameters)
+            bytes_up += sum(a.nbytes for a in arrays)
+            if self.algorithm != "local":
+                reason = self._check_upload(arrays)
+                if reason:
+                    rejected.append((pid, reason))
+                    continue
+                uploads[pid] = arrays[0].astype(np.float32)
+            self.node_to_partition[proxy.cid] = pid
+            self._clients[pid] = {f"fit_{k}": v for k, v in metrics.items() if k not in ("partition_id", "architecture")}
+        for pid, reason in rejected:
+            log.warning("round %d: rejected the upload of client %s: %s", server_round, pid, reason)
+        for failure in failures:
+            log.warning("round %d: a client failed in fit: %s", server_round, _short(failure))
+        self._round.update(fit_failures=len(failures), rejected=len(rejected), bytes_up=bytes_up,
+                           fit_clients=len(self._clients))
+        if uploads:
+            self._update_targets(server_round, uploads)
+        return None, {"fit_failures": len(failures), "rejected": len(rejected)}
+
+    def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
+        ins = EvaluateIns(ndarrays_to_parameters([]), {"round": server_round})
+        return [(proxy, ins) for proxy in client_manager.all().values()]
+
+    def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]], failures):
+        for proxy, res in results:
+            pid = res.metrics.get("partition_id")
+            if not isinstance(pid, int) or not 0 <= pid < self.num_clients:
+                log.warning("round %d: evaluation result with bad partition id %r ignored", server_round, pid)
+                continue
+            row = self._clients.setdefault(pid, {})
+            row.update(test_loss=float(res.loss), test_acc=float(res.metrics["test_acc"]),
+                       test_samples=int(res.num_examples))
+        for failure in failures:
+            log.warning("round %d: a client failed in evaluate: %s", server_round, _short(failure))
+        record = self._finish_round(server_round, eval_failures=len(failures))
+        return record["mean_test_loss"], {"mean_test_acc": record["mean_test_acc"]}
+
+    def evaluate(self, server_round: int, parameters: Parameters):
+        return None  # no global model to evaluate centrally
+
+    # -- the algorithm -----------------------------------------------------------------------------
+
+    def _check_upload(self, arrays: list[np.ndarray]) -> str | None:
+        if len(arrays) != 1:
+            return f"expected one array of predictions, got {len(arrays)}"
+        kind = get(self.cfg, "algorithm.upload")
+        return check_predictions(arrays[0], self.align_size, self.num_classes, kind=kind)
+
+    def _update_targets(self, server_round: int, uploads: dict[int, np.ndarray]) -> None:
+        present = np.zeros(self.num_clients, dtype=bool)
+        present[list(uploads)] = True
+        values = np.zeros((self.num_clients, self.align_size, self.num_classes), dtype=np.float32)
+        for pid, array in uploads.items():
+            values[pid] = array
+        temperature = float(get(self.cfg, "algorithm.temperature"))
+        if get(self.cfg, "algorithm.upload") == "logits":
+            probs = np.asarray(soft_predictions(values, temperature), dtype=np.float32)
+        else:
+            probs = values
+        if self.algorithm == "ktpfl":
+            self.coefficients.update(probs, present)
+            targets = self.coefficients.targets(probs, present)
+            self.targets = {pid: np.asarray(targets[pid], dtype=np.float32) for pid in uploads}
+        else:  # fedmd: one consensus for everyone
+            mode = get(self.cfg, "algorithm.consensus")
+            consensus = fedmd_consensus(values if mode == "logits" else probs, present, mode=mode)
+            consensus = np.asarray(consensus, dtype=np.float32)
+            self.targets = {pid: consensus for pid in range(self.num_clients)}
+        self.target_round = server_round
+
+    # -- records -----------------------------------------------------------------------------------
+
+    def _finish_round(self, server_round: int, eval_failures: int) -> dict:
+        rows = []
+        for pid in sorted(self._clients):
+            row = {"round": server_round, "partition_id": pid, "architecture": self.architectures[pid]}
+            row.update(self._clients[pid])
+            rows.append(row)
+        accs = np.array([r["test_acc"] for r in rows if "test_acc" in r], dtype=float)
+        losses = np.array([r["test_loss"] for r in rows if "test_loss" in r], dtype=float)
+        record = {k: v for k, v in self._round.items() if k != "start"}
+        record.update(
+            round=server_round,
+            mean_test_acc=float(accs.mean()) if accs.size else float("nan"),
+            std_test_acc=float(accs.std()) if accs.size else float("nan"),
+            min_test_acc=float(accs.min()) if accs.size else float("nan"),
+            max_test_acc=float(accs.max()) if accs.size else float("nan"),
+            mean_test_loss=float(losses.mean()) if losses.size else float("nan"),
+            eval_clients=int(accs.size), eval_failures=eval_failures,
+            seconds=time.time() - self._round.get("start", time.time()))
+        self.history.append(record)
+        self.client_rows.extend(rows)
+        c = None if self.coefficients is None else np.array(self.coefficients.c, copy=True)
+        if self.on_round is not None:
+            self.on_round(record, rows, c)
+        return record
+
+
+def _short(failure) -> str:
+    """One line from a failure (Flower wraps client exceptions with their whole remote traceback)."""
+    if isinstance(failure, BaseException):
+        text = str(failure)
+        for marker in ("Message: ", "Exception "):
+            if marker in text:
+                text = text.rsplit(marker, 1)[-1]
+        return text.strip().splitlines()[0][:300] if text.strip() else repr(failure)
+    return f"result with status {getattr(failure, 'status', failure)}"

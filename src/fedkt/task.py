@@ -1,0 +1,89 @@
+"""What a client works on: its shard and the public set as float tensors, and the round's alignment subset.
+
+The data set and its partition are cached per process: every virtual client in one Ray actor reads the
+same decoded arrays (they are read-only), and the partition is a pure function of the config.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedkt.config import get
+from fedkt.data import ImageData, load_dataset, normalize
+from fedkt.partition import Partition, make_partition
+
+
+@dataclass
+class ClientData:
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def data_key(cfg: dict) -> str:
+    """The parts of the config that decide the data and the partition, as a hashable string."""
+    keys = {"seed": cfg["seed"], "num_clients": cfg["num_clients"], "data": cfg["data"], "partition": cfg["partition"]}
+    return json.dumps(keys, sort_keys=True)
+
+
+def load_federation(cfg: dict) -> tuple[ImageData, Partition]:
+    return _load_federation(data_key(cfg))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_federation(key: str) -> tuple[ImageData, Partition]:
+    cfg = json.loads(key)
+    data_cfg, part_cfg = cfg["data"], cfg["partition"]
+    data = load_dataset(
+        data_cfg["name"], data_cfg["root"], cache_dir=data_cfg["cache_dir"] or None,
+        download=bool(data_cfg["download"]), image_size=int(data_cfg["image_size"]), resize=data_cfg["resize"])
+    partition = make_partition(
+        data.y_train.numpy(), int(cfg["num_clients"]), scheme=part_cfg["scheme"], seed=int(cfg["seed"]),
+        public_size=int(data_cfg["public_size"]), alpha=float(part_cfg["alpha"]),
+        type1_method=part_cfg["type1_method"], classes_per_client=int(part_cfg["classes_per_client"]),
+        samples_per_client=int(data_cfg["samples_per_client"]) or None,
+        test_fraction=float(part_cfg["test_fraction"]), val_fraction=float(part_cfg["val_fraction"]))
+    return data, partition
+
+
+def client_data(cfg: dict, partition_id: int) -> ClientData:
+    data, partition = load_federation(cfg)
+    shard = partition.clients[partition_id]
+
+    def take(idx):
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return normalize(data.x_train[idx], data.mean, data.std), data.y_train[idx]
+
+    return ClientData(*take(shard.train), *take(shard.val), *take(shard.test))
+
+
+def public_data(cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The public set as normalized float inputs and its labels (labels only for transfer warm-up)."""
+    return _public_data(data_key(cfg))
+
+
+@functools.lru_cache(maxsize=2)
+def _public_data(key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    data, partition = _load_federation(key)
+    idx = torch.as_tensor(partition.public, dtype=torch.long)
+    return normalize(data.x_train[idx], data.mean, data.std), data.y_train[idx]
+
+
+def alignment_seed(seed: int, server_round: int) -> int:
+    """The seed of round r's alignment subset: the server sends this, never images or index lists."""
+    return int(np.random.SeedSequence([int(seed), int(server_round), 0xA11]).generate_state(1)[0])
+
+
+def alignment_indices(public_size: int, size: int, seed: int) -> np.ndarray:
+    """Sorted indices of `size` public samples drawn without replacement by a seeded generator."""
+    if size >= public_size:
+        return np.arange(public_size)
+    return np.sort(np.random.default_rng(seed).choice(public_size, size=size, replace=False))

@@ -1,0 +1,107 @@
+"""`python -m fedkt.sim` end to end through Flower's real Ray simulation engine, and its early errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fedkt.config import ConfigError, compose, validate
+
+
+def run_cli(tmp_path, *overrides, timeout=600):
+    env = dict(os.environ, FEDKT_CACHE=str(tmp_path / "cache"))
+    cmd = [sys.executable, "-m", "fedkt.sim", f"hydra.run.dir={tmp_path / 'run'}", *overrides]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize("algorithm", ["ktpfl", "fedmd", "local"])
+def test_smoke_run_writes_metrics(tmp_path, algorithm):
+    proc = run_cli(tmp_path, "experiment=smoke", f"algorithm={algorithm}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert summary["rounds_completed"] == 2
+    assert len(summary["mean_test_acc_history"]) == 2
+    assert 0.0 <= summary["final_mean_test_acc"] <= 1.0
+    assert set(summary["final_client_test_acc"]) == {"0", "1", "2", "3"}
+    metrics = (run / "metrics.csv").read_text().splitlines()
+    assert len(metrics) == 3 and "mean_test_acc" in metrics[0]
+    clients = (run / "clients.csv").read_text().splitlines()
+    assert len(clients) == 1 + 2 * 4
+    assert "round 2/2 | mean test acc" in proc.stderr + proc.stdout  # the progress line
+    if algorithm == "ktpfl":
+        c = np.load(run / "coefficients.npy")
+        assert c.shape == (2, 4, 4)
+        np.testing.assert_allclose(c.sum(axis=2), 1.0, atol=1e-5)
+        assert np.abs(c[-1] - 0.25).max() > 1e-3  # c moved from 1/N
+        rows = json.loads((run / "metrics.json").read_text())
+        assert rows[1]["bytes_down"] > 0  # round 2 sent personalised targets
+    else:
+        assert not (run / "coefficients.npy").exists()
+
+
+def test_bad_config_fails_before_ray(tmp_path):
+    proc = run_cli(tmp_path, "experiment=smoke", "client.lr=-1", timeout=120)
+    assert proc.returncode == 2
+    assert "client.lr=-1" in proc.stderr + proc.stdout
+    assert "Ray" not in proc.stderr  # nothing started
+
+
+def test_missing_data_names_the_key(tmp_path):
+    proc = run_cli(tmp_path, "data.root=/nonexistent/cifar", timeout=120)
+    assert proc.returncode == 2
+    out = proc.stderr + proc.stdout
+    assert "/nonexistent/cifar" in out and "data.root" in out
+
+
+@pytest.mark.parametrize("override, key", [
+    ("algorithm.name=fedavg", "algorithm.name"),
+    ("model.architectures=[lenet,vgg]", "model.architectures"),
+    ("model.architectures='lenet,alexnet,resnet18'", "model.architectures"),
+    ("num_rounds=0", "num_rounds"),
+    ("client.batch_size=0", "client.batch_size"),
+    ("algorithm.align_size=6000", "algorithm.align_size"),
+    ("client.num_gpus=1", "client.num_gpus"),
+    ("client.device=cuda", "client.device"),
+    ("algorithm.distill_loss=l1", "algorithm.distill_loss"),
+])
+def test_validate_names_the_key(override, key, monkeypatch):
+    monkeypatch.setattr("fedkt.config.cuda_available", lambda: False)  # as on CI: no GPU
+    cfg = compose([override])
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(cfg)
+
+
+def test_default_and_presets_validate():
+    for preset in ("quick", "smoke", "paper_type1", "paper_type2"):
+        for algorithm in ("ktpfl", "fedmd", "local"):
+            validate(compose([f"experiment={preset}", f"algorithm={algorithm}"]))
+    assert compose(["experiment=paper_type2"])["partition"]["scheme"] == "type2"
+
+
+def test_architectures_as_list_or_string_in_blocks():
+    from fedkt.config import client_architectures
+
+    assert client_architectures(compose(["num_clients=4", "model.architectures=[lenet,alexnet]"])) == [
+        "lenet", "lenet", "alexnet", "alexnet"]
+    assert client_architectures(compose(["num_clients=3", "model.architectures='resnet18,lenet,lenet'"])) == [
+        "resnet18", "lenet", "lenet"]
+    assert client_architectures(compose([]))[::5] == ["lenet", "alexnet", "resnet18", "shufflenetv2"]
+
+
+def test_hydra_multirun_runs_each_into_its_own_directory(tmp_path):
+    env = dict(os.environ, FEDKT_CACHE=str(tmp_path / "cache"))
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "fedkt.sim", "-m", "experiment=smoke", "num_rounds=1", "algorithm=ktpfl,local",
+           f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = sorted(p.name for p in sweep.iterdir() if (p / "summary.json").exists())
+    assert runs == ["0_ktpfl_type1_s0", "1_local_type1_s0"]
+    for name in runs:
+        summary = json.loads((sweep / name / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["algorithm"] == name.split("_")[1]

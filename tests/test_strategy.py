@@ -1,0 +1,164 @@
+"""The Flower strategy without Ray: fabricated fit results in, per-client instructions out."""
+
+import numpy as np
+import pytest
+from flwr.common import Code, EvaluateRes, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server.client_manager import SimpleClientManager
+from flwr.server.client_proxy import ClientProxy
+
+from fedkt.config import compose
+from fedkt.core import soft_predictions
+from fedkt.strategy import KnowledgeTransfer, local_epochs
+
+N, M, C = 4, 16, 5
+
+
+class FakeProxy(ClientProxy):
+    """A registered node; the strategy only reads its cid, so every call fails the test."""
+
+    def _unused(self, *args, **kwargs):
+        raise AssertionError("the strategy must not call clients directly")
+
+    get_properties = get_parameters = fit = evaluate = reconnect = _unused
+
+
+def make_cfg(algorithm="ktpfl", **extra):
+    overrides = [f"algorithm={algorithm}", f"num_clients={N}", "model.architectures=lenet",
+                 f"algorithm.align_size={M}", "data.public_size=100"]
+    overrides += [f"{k}={v}" for k, v in extra.items()]
+    return compose(overrides)
+
+
+def make_manager(node_ids):
+    manager = SimpleClientManager()
+    proxies = {nid: FakeProxy(nid) for nid in node_ids}
+    for proxy in proxies.values():
+        manager.register(proxy)
+    return manager, proxies
+
+
+def fit_res(pid, array):
+    arrays = [] if array is None else [array]
+    return FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), 10, {"partition_id": pid})
+
+
+def eval_res(pid, acc):
+    return EvaluateRes(Status(Code.OK, ""), 1.0 - acc, 10, {"partition_id": pid, "test_acc": acc})
+
+
+def logits_for(pid, rng):
+    """Clients 0,1 agree with each other, as do 2,3; the pairs disagree."""
+    base = rng.normal(size=(2, M, C)).astype(np.float32) * 3
+    return base[pid // 2] + 0.01 * pid
+
+
+def run_round(strategy, manager, proxies, uploads, rnd=1):
+    """configure_fit, then the clients answer with `uploads` {node_id: (pid, array)} in that order."""
+    instructions = strategy.configure_fit(rnd, ndarrays_to_parameters([]), manager)
+    results = [(proxies[nid], fit_res(pid, arr)) for nid, (pid, arr) in uploads.items()]
+    strategy.aggregate_fit(rnd, results, [])
+    evals = [(proxies[nid], eval_res(pid, 0.5)) for nid, (pid, _) in uploads.items()]
+    strategy.aggregate_evaluate(rnd, evals, [])
+    return instructions
+
+
+def test_targets_follow_partition_ids_not_arrival_order():
+    rng = np.random.default_rng(0)
+    node_ids = ["9137", "22", "501", "7"]  # random node ids; pid order differs from arrival order
+    pids = {"9137": 2, "22": 0, "501": 3, "7": 1}
+    manager, proxies = make_manager(node_ids)
+    strategy = KnowledgeTransfer(make_cfg(), num_classes=C)
+    base = rng.normal(size=(2, M, C)).astype(np.float32) * 3
+    uploads = {nid: (pid, base[pid // 2] + 0.01 * pid) for nid, pid in pids.items()}
+    run_round(strategy, manager, proxies, uploads, rnd=1)
+
+    c = strategy.coefficients.c
+    assert not np.allclose(c, 1.0 / N)  # c moved
+    instructions = strategy.configure_fit(2, ndarrays_to_parameters([]), manager)
+    assert len(instructions) == N
+    values = np.stack([uploads[nid][1] for nid in sorted(pids, key=pids.get)])
+    expected = strategy.coefficients.targets(soft_predictions(values, 1.0), np.ones(N, bool))
+    sent = {}
+    for proxy, ins in instructions:
+        pid = pids[proxy.cid]
+        assert ins.config["target_partition"] == pid
+        (target,) = parameters_to_ndarrays(ins.parameters)
+        np.testing.assert_allclose(target, expected[pid], rtol=1e-5, atol=1e-6)
+        sent[pid] = target
+    # personalised: the two pairs get different targets
+    assert np.abs(sent[0] - sent[2]).max() > 0.05
+
+
+def test_bad_uploads_are_rejected_counted_and_kept_out_of_c():
+    rng = np.random.default_rng(1)
+    manager, proxies = make_manager(["a", "b", "c", "d"])
+    strategy = KnowledgeTransfer(make_cfg(), num_classes=C)
+    good = rng.normal(size=(M, C)).astype(np.float32)
+    nan = good.copy()
+    nan[3, 2] = np.nan
+    uploads = {"a": (0, good), "b": (1, good[:-1]),  # wrong shape
+               "c": (2, nan), "d": (3, good * 1.1)}
+    run_round(strategy, manager, proxies, uploads)
+    record = strategy.history[-1]
+    assert record["rejected"] == 2
+    c = strategy.coefficients.c
+    # clients 1 and 2 were absent from the update: their rows and columns stayed at 1/N
+    for pid in (1, 2):
+        np.testing.assert_allclose(c[pid], 1.0 / N)
+        np.testing.assert_allclose(c[:, pid], 1.0 / N)
+    assert set(strategy.targets) == {0, 3}
+
+
+def test_repeated_partition_id_is_rejected():
+    rng = np.random.default_rng(2)
+    manager, proxies = make_manager(["a", "b", "c", "d"])
+    strategy = KnowledgeTransfer(make_cfg(), num_classes=C)
+    arr = lambda: rng.normal(size=(M, C)).astype(np.float32)  # noqa: E731
+    run_round(strategy, manager, proxies, {"a": (0, arr()), "b": (0, arr()), "c": (2, arr()), "d": (9, arr())})
+    assert strategy.history[-1]["rejected"] == 2
+    assert set(strategy.targets) == {0, 2}
+
+
+def test_fedmd_sends_everyone_the_consensus():
+    rng = np.random.default_rng(3)
+    manager, proxies = make_manager(["a", "b", "c", "d"])
+    strategy = KnowledgeTransfer(make_cfg("fedmd"), num_classes=C)
+    uploads = {nid: (pid, rng.normal(size=(M, C)).astype(np.float32)) for pid, nid in enumerate("abcd")}
+    run_round(strategy, manager, proxies, uploads)
+    mean = soft_predictions(np.stack([u[1] for u in uploads.values()]), 1.0).mean(axis=0)
+    for proxy, ins in strategy.configure_fit(2, ndarrays_to_parameters([]), manager):
+        (target,) = parameters_to_ndarrays(ins.parameters)
+        np.testing.assert_allclose(target, mean, rtol=1e-5, atol=1e-6)
+    assert strategy.coefficients is None
+
+
+def test_local_exchanges_nothing():
+    manager, proxies = make_manager(["a", "b", "c", "d"])
+    strategy = KnowledgeTransfer(make_cfg("local"), num_classes=C)
+    instructions = run_round(strategy, manager, proxies, {nid: (pid, None) for pid, nid in enumerate("abcd")})
+    assert all(ins.config["next_seed"] == -1 for _, ins in instructions)
+    for _, ins in strategy.configure_fit(2, ndarrays_to_parameters([]), manager):
+        assert parameters_to_ndarrays(ins.parameters) == []
+        assert ins.config["target_seed"] == -1
+
+
+def test_round_record_is_unweighted_mean_over_clients():
+    manager, proxies = make_manager(["a", "b", "c", "d"])
+    seen = []
+    strategy = KnowledgeTransfer(make_cfg("local"), num_classes=C, on_round=lambda r, rows, c: seen.append((r, rows)))
+    strategy.configure_fit(1, ndarrays_to_parameters([]), manager)
+    strategy.aggregate_fit(1, [(proxies[n], fit_res(p, None)) for p, n in enumerate("abcd")], [])
+    accs = [0.2, 0.4, 0.6, 1.0]
+    evals = [(proxies[n], EvaluateRes(Status(Code.OK, ""), 0.0, 10 ** p, {"partition_id": p, "test_acc": a}))
+             for p, (n, a) in enumerate(zip("abcd", accs))]
+    strategy.aggregate_evaluate(1, evals, [RuntimeError("client lost")])
+    record, rows = seen[-1]
+    assert record["mean_test_acc"] == pytest.approx(np.mean(accs))  # not weighted by 1, 10, 100, 1000 samples
+    assert record["eval_failures"] == 1
+    assert [r["test_acc"] for r in rows] == accs
+
+
+def test_local_epochs_ramp():
+    cfg = make_cfg(**{"client.local_epochs": 1, "client.max_local_epochs": 10, "num_rounds": 10})
+    assert [local_epochs(cfg, r) for r in (1, 10)] == [1, 10]
+    assert local_epochs(make_cfg(**{"client.local_epochs": 2}), 5) == 2

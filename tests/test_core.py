@@ -270,6 +270,9 @@ def test_check_predictions():
         assert check_predictions(arr, 8, 4) is not None, name
     assert check_predictions(good * 1e5, 8, 4, kind="logits") is not None
     assert check_predictions(np.full((8, 4), np.nan), 8, 4, kind="logits") is not None
+    assert check_predictions(np.zeros((8, 4), dtype=np.int32), 8, 4, kind="logits") is not None  # ints
+    assert check_predictions(np.eye(8, 4, dtype=bool), 8, 4, kind="logits") is not None
+    assert check_predictions(good.astype(np.float16), 8, 4) is None  # float16 on the wire is fine
 
 
 # --------------------------------------------------------------------------- checkpoints, config

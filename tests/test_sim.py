@@ -51,6 +51,13 @@ def test_bad_config_fails_before_ray(tmp_path):
     assert "Ray" not in proc.stderr  # nothing started
 
 
+def test_partition_the_data_cannot_give_fails_before_ray(tmp_path):
+    proc = run_cli(tmp_path, "experiment=smoke", "partition=type2", "partition.classes_per_client=11", timeout=120)
+    assert proc.returncode == 2
+    out = proc.stderr + proc.stdout
+    assert "partition.classes_per_client" in out and "Traceback" not in out
+
+
 def test_missing_data_names_the_key(tmp_path):
     proc = run_cli(tmp_path, "data.root=/nonexistent/cifar", timeout=120)
     assert proc.returncode == 2
@@ -68,6 +75,10 @@ def test_missing_data_names_the_key(tmp_path):
     ("client.num_gpus=1", "client.num_gpus"),
     ("client.device=cuda", "client.device"),
     ("algorithm.distill_loss=l1", "algorithm.distill_loss"),
+    ("min_fit_fraction=1.5", "min_fit_fraction"),
+    ("faults.inject=1:2:explode", "faults.inject"),
+    ("model.norm=layer", "model.norm"),
+    ("partition.val_fraction=1.0", "partition.val_fraction"),
 ])
 def test_validate_names_the_key(override, key, monkeypatch):
     monkeypatch.setattr("fedkt.config.cuda_available", lambda: False)  # as on CI: no GPU

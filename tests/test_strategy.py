@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from flwr.common import Code, EvaluateRes, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import Code, EvaluateRes, FitRes, GetPropertiesRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.client_manager import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 
@@ -14,12 +14,20 @@ N, M, C = 4, 16, 5
 
 
 class FakeProxy(ClientProxy):
-    """A registered node; the strategy only reads its cid, so every call fails the test."""
+    """A registered node. The strategy may ask its partition id (get_properties); any other direct
+    call fails the test."""
+
+    def __init__(self, cid, partition_id=None):
+        super().__init__(cid)
+        self.partition_id = partition_id
+
+    def get_properties(self, ins, timeout, group_id):
+        return GetPropertiesRes(Status(Code.OK, ""), {"partition_id": self.partition_id})
 
     def _unused(self, *args, **kwargs):
         raise AssertionError("the strategy must not call clients directly")
 
-    get_properties = get_parameters = fit = evaluate = reconnect = _unused
+    get_parameters = fit = evaluate = reconnect = _unused
 
 
 def make_cfg(algorithm="ktpfl", **extra):
@@ -29,9 +37,10 @@ def make_cfg(algorithm="ktpfl", **extra):
     return compose(overrides)
 
 
-def make_manager(node_ids):
+def make_manager(node_ids, partition_ids=None):
     manager = SimpleClientManager()
-    proxies = {nid: FakeProxy(nid) for nid in node_ids}
+    partition_ids = partition_ids or [None] * len(node_ids)
+    proxies = {nid: FakeProxy(nid, pid) for nid, pid in zip(node_ids, partition_ids)}
     for proxy in proxies.values():
         manager.register(proxy)
     return manager, proxies
@@ -162,3 +171,37 @@ def test_local_epochs_ramp():
     cfg = make_cfg(**{"client.local_epochs": 1, "client.max_local_epochs": 10, "num_rounds": 10})
     assert [local_epochs(cfg, r) for r in (1, 10)] == [1, 10]
     assert local_epochs(make_cfg(**{"client.local_epochs": 2}), 5) == 2
+
+
+def test_absent_client_keeps_its_last_target_and_subset():
+    from fedkt.task import alignment_seed
+
+    rng = np.random.default_rng(4)
+    manager, proxies = make_manager(["a", "b", "c", "d"])
+    strategy = KnowledgeTransfer(make_cfg(), num_classes=C)
+    arr = lambda: rng.normal(size=(M, C)).astype(np.float32)  # noqa: E731
+    run_round(strategy, manager, proxies, {nid: (pid, arr()) for pid, nid in enumerate("abcd")}, rnd=1)
+    round1_target = strategy.targets[1][1].copy()
+    run_round(strategy, manager, proxies, {"a": (0, arr()), "c": (2, arr()), "d": (3, arr())}, rnd=2)  # b absent
+    sent = {proxy.cid: ins for proxy, ins in strategy.configure_fit(3, ndarrays_to_parameters([]), manager)}
+    assert sent["b"].config["target_seed"] == alignment_seed(0, 1)  # its round-1 target, on round 1's subset
+    np.testing.assert_array_equal(parameters_to_ndarrays(sent["b"].parameters)[0], round1_target)
+    assert sent["a"].config["target_seed"] == alignment_seed(0, 2)
+
+
+def test_checkpoint_round_trip_continues_round_numbers():
+    rng = np.random.default_rng(5)
+    manager, proxies = make_manager(["a", "b", "c", "d"])
+    strategy = KnowledgeTransfer(make_cfg(), num_classes=C)
+    run_round(strategy, manager, proxies, {nid: (pid, rng.normal(size=(M, C)).astype(np.float32))
+                                           for pid, nid in enumerate("abcd")}, rnd=1)
+    restored = KnowledgeTransfer(make_cfg(), num_classes=C)
+    restored.load_state_dict(strategy.state_dict())
+    np.testing.assert_array_equal(restored.coefficients.c, strategy.coefficients.c)
+    manager2, _ = make_manager(["w", "x", "y", "z"], [3, 2, 1, 0])  # new node ids after a restart
+    instructions = restored.configure_fit(1, ndarrays_to_parameters([]), manager2)  # asks who they are
+    assert {ins.config["round"] for _, ins in instructions} == {2}  # Flower's round 1 is the run's round 2
+    for proxy, ins in instructions:
+        assert ins.config["target_partition"] == proxy.partition_id
+        np.testing.assert_array_equal(parameters_to_ndarrays(ins.parameters)[0],
+                                      strategy.targets[proxy.partition_id][1])

@@ -41,7 +41,8 @@ POSITIVE = (  # keys that must be > 0
 NON_NEGATIVE = (
     "data.public_size", "data.samples_per_client", "algorithm.rho", "algorithm.coef_step",
     "algorithm.distill_epochs", "client.momentum", "client.weight_decay", "client.max_local_epochs",
-    "client.warmup_epochs", "client.warmup_public_epochs", "client.lr_patience",
+    "client.warmup_epochs", "client.warmup_public_epochs", "client.lr_patience", "round_timeout",
+    "faults.slow_seconds",
 )
 
 
@@ -146,6 +147,16 @@ def validate(cfg: dict) -> None:
         raise ConfigError("algorithm.consensus=logits needs algorithm.upload=logits")
     if get(cfg, "client.warmup_public_epochs") > 0 and get(cfg, "data.public_size") == 0:
         raise ConfigError("client.warmup_public_epochs > 0 needs a public set (data.public_size > 0)")
+    for key in ("min_fit_fraction", "faults.fail_prob"):
+        value = get(cfg, key)
+        if not _is_number(value) or not 0 <= value <= 1:
+            raise ConfigError(f"{key}={value!r} must lie between 0 and 1")
+    try:
+        from fedkt.faults import parse_injections
+
+        parse_injections(get(cfg, "faults.inject"))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     for key in ("partition.test_fraction", "partition.val_fraction"):
         value = get(cfg, key)
         if not _is_number(value) or not 0 < value < 1:

@@ -326,8 +326,8 @@ def check_predictions(array, num_samples, num_classes, kind="probs"):
         a = np.asarray(array)
     except (ValueError, TypeError) as e:
         return f"not an array: {e}"
-    if a.dtype == bool or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-        return f"dtype {a.dtype} is not a real number type"
+    if not np.issubdtype(a.dtype, np.floating):
+        return f"dtype {a.dtype} is not a floating-point type (float16, float32 or float64)"
     if a.ndim != 2:
         return f"expected 2 dimensions, got {a.ndim}"
     if a.shape != (num_samples, num_classes):

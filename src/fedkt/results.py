@@ -3,7 +3,8 @@
 - metrics.csv / metrics.json: one row per round (mean, spread, failures, seconds, bytes);
 - clients.csv: one row per client per round (architecture, test/val/train accuracy, losses, seconds, bytes);
 - coefficients.npy: KT-pFL's c after every round, shape (rounds, N, N);
-- summary.json: status, final_mean_test_acc, the per-round mean history and the wall time.
+- summary.json: status, final_mean_test_acc, the per-round mean history and the wall time;
+- checkpoint.pkl: the server's state after the last complete round (with clients/ it resumes a run).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import time
 from pathlib import Path
 
@@ -69,6 +71,8 @@ class RunRecorder:
         self.client_rows: list[dict] = []
         self.coefficients: list[np.ndarray] = []
         self.start = time.time()
+        self.seconds_before = 0.0  # wall time of the run before a resume
+        self.resumed_rounds = 0
         self.status = "running"
         self.error = ""
         self._write_summary()
@@ -87,10 +91,28 @@ class RunRecorder:
         self._write_summary()
         log.info(self.progress_line(record))
 
+    def save_checkpoint(self, server_state: dict) -> None:
+        """After a complete round: the server's state plus what this recorder holds, written atomically."""
+        state = {"server": server_state, "coefficients": self.coefficients, "wall_seconds": self.wall_seconds()}
+        write_atomic(self.run_dir / "checkpoint.pkl", pickle.dumps(state))
+
+    def restore(self, checkpoint: dict) -> dict:
+        """Take up a killed run's records; returns the server's state to load into the strategy."""
+        server = checkpoint["server"]
+        self.rounds = list(server["history"])
+        self.client_rows = list(server["client_rows"])
+        self.coefficients = list(checkpoint["coefficients"])
+        self.seconds_before = float(checkpoint["wall_seconds"])
+        self.resumed_rounds = len(self.rounds)
+        return server
+
+    def wall_seconds(self) -> float:
+        return self.seconds_before + time.time() - self.start
+
     def progress_line(self, record: dict) -> str:
-        done = len(self.rounds)
+        done = len(self.rounds) - self.resumed_rounds
         elapsed = time.time() - self.start
-        left = elapsed / done * (self.num_rounds - done)
+        left = elapsed / done * (self.num_rounds - len(self.rounds))
         return (f"round {record['round']}/{self.num_rounds} | mean test acc {record['mean_test_acc']:.4f} "
                 f"(min {record['min_test_acc']:.3f}, max {record['max_test_acc']:.3f}) | "
                 f"clients {record['eval_clients']}/{self.cfg['num_clients']}, failures "
@@ -117,7 +139,7 @@ class RunRecorder:
             "mean_test_acc_history": history,
             "final_client_test_acc": {r["partition_id"]: r.get("test_acc") for r in self.client_rows
                                       if r["round"] == (self.rounds[-1]["round"] if self.rounds else -1)},
-            "wall_seconds": time.time() - self.start,
+            "wall_seconds": self.wall_seconds(),
             "bytes_up": sum(r.get("bytes_up", 0) for r in self.rounds),
             "bytes_down": sum(r.get("bytes_down", 0) for r in self.rounds),
         }

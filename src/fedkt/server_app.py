@@ -9,15 +9,19 @@ from fedkt.config import get
 from fedkt.strategy import KnowledgeTransfer
 
 
-def make_server_app(cfg: dict, num_classes: int, on_round=None, holder: dict | None = None) -> ServerApp:
-    """A ServerApp over `cfg`; the strategy it builds is put in holder["strategy"] for the caller."""
+def make_server_app(cfg: dict, num_classes: int, on_round=None, holder: dict | None = None,
+                    state: dict | None = None) -> ServerApp:
+    """A ServerApp over `cfg`, continuing from a checkpointed server `state` if given; the strategy it
+    builds is put in holder["strategy"] for the caller."""
 
     def server_fn(context: Context) -> ServerAppComponents:
         strategy = KnowledgeTransfer(cfg, num_classes=num_classes, on_round=on_round)
+        if state is not None:
+            strategy.load_state_dict(state)
         if holder is not None:
             holder["strategy"] = strategy
         timeout = float(get(cfg, "round_timeout")) or None
-        return ServerAppComponents(strategy=strategy,
-                                   config=ServerConfig(num_rounds=int(cfg["num_rounds"]), round_timeout=timeout))
+        rounds_left = int(cfg["num_rounds"]) - strategy.round_offset
+        return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=rounds_left, round_timeout=timeout))
 
     return ServerApp(server_fn=server_fn)

@@ -3,14 +3,17 @@
     python -m fedkt.sim                                  # the `quick` preset: KT-pFL, type 1, 20 clients
     python -m fedkt.sim algorithm=fedmd partition=type2 experiment=paper_type2 data.root=PATH
     python -m fedkt.sim -m algorithm=ktpfl,fedmd,local partition=type1,type2 seed=0,1
+    python -m fedkt.sim resume=outputs/runs/RUN                # continue a killed run
 
 Each run writes into its Hydra run directory under outputs/ (see fedkt.results for the files).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import pickle
 import sys
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from fedkt.config import ConfigError, client_architectures, get, gpus_per_client, validate
 from fedkt.data import DataError
 from fedkt.results import RunRecorder, dump_json
+from fedkt.strategy import FederationError
 from fedkt.task import load_federation
 
 log = logging.getLogger("fedkt")
@@ -60,34 +64,68 @@ def backend_config(cfg: dict) -> dict:
 
 def run(cfg: dict, run_dir: str | Path) -> dict:
     """Check the config and the data, then run the federation; returns the summary (also summary.json)."""
-    from flwr.simulation import run_simulation
-
-    from fedkt.client_app import make_client_app
-    from fedkt.server_app import make_server_app
-
     configure_logging(bool(get(cfg, "logging.verbose")))
     validate(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = dict(cfg, run_dir=str(run_dir.resolve()))
-    data, partition = load_federation(cfg)
+    try:
+        data, partition = load_federation(cfg)
+    except DataError:
+        raise
+    except ValueError as error:  # a partition the data cannot give (the message names the key)
+        raise ConfigError(str(error)) from None
     labels = data.y_train.numpy()
     (run_dir / "partition.txt").write_text(partition.summary(labels, data.classes))
     partition.to_json(run_dir / "partition.json")
     dump_json(run_dir / "config.json", cfg)
+    return _federate(cfg, run_dir, data.num_classes, RunRecorder(run_dir, cfg))
+
+
+def resume(run_dir: str | Path) -> dict:
+    """Continue a killed run from its last complete round, in its own directory, with its own config."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise ConfigError(f"resume={run_dir}: no config.json there; name the directory of the run to resume")
+    cfg = json.loads((run_dir / "config.json").read_text())
+    configure_logging(bool(get(cfg, "logging.verbose")))
+    validate(cfg)
+    if get(cfg, "client.state_store") != "disk":
+        raise ConfigError(f"resume={run_dir}: that run kept client state in memory (client.state_store=context); "
+                          "only runs with client.state_store=disk can be resumed")
+    data, _ = load_federation(cfg)
+    recorder = RunRecorder(run_dir, cfg)
+    state = None
+    if (run_dir / "checkpoint.pkl").exists():
+        state = recorder.restore(pickle.loads((run_dir / "checkpoint.pkl").read_bytes()))
+    log.info("resuming %s after round %d of %d", run_dir, state["round"] if state else 0, cfg["num_rounds"])
+    return _federate(cfg, run_dir, data.num_classes, recorder, state)
+
+
+def _federate(cfg: dict, run_dir: Path, num_classes: int, recorder: RunRecorder, state: dict | None = None) -> dict:
+    from flwr.simulation import run_simulation
+
+    from fedkt.client_app import make_client_app
+    from fedkt.server_app import make_server_app
+
     archs = client_architectures(cfg)
     log.info("%s on %s, %d clients (%s), %d rounds -> %s", cfg["algorithm"]["name"], cfg["partition"]["scheme"],
              cfg["num_clients"], _count(archs), cfg["num_rounds"], run_dir)
-
-    recorder = RunRecorder(run_dir, cfg)
     holder: dict = {}
-    server_app = make_server_app(cfg, num_classes=data.num_classes, on_round=recorder, holder=holder)
-    try:
-        run_simulation(server_app=server_app, client_app=make_client_app(cfg), num_supernodes=int(cfg["num_clients"]),
-                       backend_config=backend_config(cfg), verbose_logging=bool(get(cfg, "logging.verbose")))
-    except BaseException as error:  # keep what the finished rounds wrote, and say why it stopped
-        recorder.finish("failed", f"{type(error).__name__}: {error}")
-        raise
+
+    def on_round(record, rows, c):
+        recorder(record, rows, c)
+        recorder.save_checkpoint(holder["strategy"].state_dict())
+
+    server_app = make_server_app(cfg, num_classes=num_classes, on_round=on_round, holder=holder, state=state)
+    if len(recorder.rounds) < int(cfg["num_rounds"]):
+        try:
+            run_simulation(server_app=server_app, client_app=make_client_app(cfg),
+                           num_supernodes=int(cfg["num_clients"]), backend_config=backend_config(cfg),
+                           verbose_logging=bool(get(cfg, "logging.verbose")))
+        except BaseException as error:  # keep what the finished rounds wrote, and say why it stopped
+            recorder.finish("failed", f"{type(error).__name__}: {error}")
+            raise
     done = len(recorder.rounds) == int(cfg["num_rounds"])
     summary = recorder.finish("completed" if done else "incomplete")
     log.info("final mean test accuracy %s after %d rounds, %.0f s; results in %s",
@@ -107,10 +145,16 @@ def _fmt(value) -> str:
 def main(hydra_cfg: DictConfig) -> float | None:
     cfg = OmegaConf.to_container(hydra_cfg, resolve=True)
     try:
-        summary = run(cfg, HydraConfig.get().runtime.output_dir)
+        if cfg["resume"]:
+            summary = resume(cfg["resume"])
+        else:
+            summary = run(cfg, HydraConfig.get().runtime.output_dir)
     except (ConfigError, DataError) as error:
         log.error("error: %s", error)
         sys.exit(2)
+    except FederationError as error:
+        log.error("the run stopped: %s", error)
+        sys.exit(1)
     return summary["final_mean_test_acc"]
 
 

@@ -10,12 +10,13 @@ KT-pFL through the trained coefficient matrix c (each client its own row), FedMD
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Callable
 
 import numpy as np
-from flwr.common import (EvaluateIns, EvaluateRes, FitIns, FitRes, Parameters, ndarrays_to_parameters,
-                         parameters_to_ndarrays)
+from flwr.common import (EvaluateIns, EvaluateRes, FitIns, FitRes, GetPropertiesIns, Parameters,
+                         ndarrays_to_parameters, parameters_to_ndarrays)
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
@@ -25,6 +26,10 @@ from fedkt.core import KnowledgeCoefficients, check_predictions, fedmd_consensus
 from fedkt.task import alignment_seed
 
 log = logging.getLogger("fedkt")
+
+
+class FederationError(RuntimeError):
+    """A round that cannot go on (too few valid client updates)."""
 
 
 def local_epochs(cfg: dict, server_round: int) -> int:
@@ -61,9 +66,12 @@ class KnowledgeTransfer(Strategy):
         self.architectures = client_architectures(cfg)
         self.coefficients = make_coefficients(cfg) if self.algorithm == "ktpfl" else None
         self.on_round = on_round
+        self.min_fit_clients = math.ceil(float(get(cfg, "min_fit_fraction")) * self.num_clients)
         self.node_to_partition: dict[str, int] = {}
-        self.targets: dict[int, np.ndarray] = {}  # partition id -> target on round `target_round`'s subset
-        self.target_round = 0
+        # partition id -> (r, target on round r's alignment subset); an absent client keeps its last one
+        self.targets: dict[int, tuple[int, np.ndarray]] = {}
+        self.round_offset = 0  # rounds done before a resume: Flower counts from 1 again
+        self._live: set[str] = set()
         self.history: list[dict] = []  # one summary per round
         self.client_rows: list[dict] = []  # one row per client per round
         self._round: dict = {}
@@ -75,9 +83,14 @@ class KnowledgeTransfer(Strategy):
         return ndarrays_to_parameters([])  # no global model: clients own different architectures
 
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
+        server_round += self.round_offset
         self._round = {"round": server_round, "start": time.time(), "bytes_down": 0}
         self._clients = {}
         client_manager.wait_for(self.num_clients, timeout=60)
+        proxies = list(client_manager.all().values())
+        self._live = {proxy.cid for proxy in proxies}
+        if self.targets:
+            self._identify(proxies)
         collaborate = self.algorithm != "local"
         base = {
             "round": server_round,
@@ -88,50 +101,92 @@ class KnowledgeTransfer(Strategy):
         }
         wire = np.float16 if get(self.cfg, "algorithm.wire_dtype") == "float16" else np.float32
         instructions = []
-        for proxy in client_manager.all().values():
+        for proxy in proxies:
             config, arrays = dict(base), []
             pid = self.node_to_partition.get(proxy.cid)
             if pid is not None and pid in self.targets:
-                config["target_seed"] = alignment_seed(self.cfg["seed"], self.target_round)
+                target_round, target = self.targets[pid]
+                config["target_seed"] = alignment_seed(self.cfg["seed"], target_round)
                 config["target_partition"] = pid
-                arrays = [self.targets[pid].astype(wire)]
+                arrays = [target.astype(wire)]
                 self._round["bytes_down"] += arrays[0].nbytes
             instructions.append((proxy, FitIns(ndarrays_to_parameters(arrays), config)))
         return instructions
 
+    def _identify(self, proxies: list[ClientProxy]) -> None:
+        """Ask nodes not yet seen (a resumed run, a node that joined late) for their partition id."""
+        for proxy in proxies:
+            if proxy.cid in self.node_to_partition:
+                continue
+            try:
+                res = proxy.get_properties(GetPropertiesIns({}), timeout=60, group_id=self._round["round"])
+                pid = res.properties.get("partition_id")
+            except Exception as error:  # an unreachable node simply gets no target this round
+                log.warning("could not ask node %s for its partition id: %s", proxy.cid, _short(error))
+                continue
+            if isinstance(pid, int) and 0 <= pid < self.num_clients and self._owner(pid) in (None, proxy.cid):
+                self.node_to_partition = {n: p for n, p in self.node_to_partition.items() if p != pid}
+                self.node_to_partition[proxy.cid] = pid
+
+    def _owner(self, pid: int) -> str | None:
+        """The live node known to hold partition `pid` (a node that left gives its id up)."""
+        return next((n for n, p in self.node_to_partition.items() if p == pid and n in self._live), None)
+
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures):
+        server_round += self.round_offset
         uploads, rejected, bytes_up = {}, [], 0
         for proxy, res in results:
             metrics = dict(res.metrics)
             pid = metrics.get("partition_id")
-            if not isinstance(pid, int) or not 0 <= pid < self.num_clients or pid in self._clients:
-                rejected.append((pid, f"bad or repeated partition id {pid!r} from node {proxy.cid}"))
-                continue
+            reason = self._check_identity(proxy.cid, pid)
             arrays = parameters_to_ndarrays(res.parameters)
             bytes_up += sum(a.nbytes for a in arrays)
-            if self.algorithm != "local":
+            if reason is None and self.algorithm != "local":
                 reason = self._check_upload(arrays)
-                if reason:
-                    rejected.append((pid, reason))
-                    continue
+            if reason:
+                rejected.append((pid, reason))
+                continue
+            if self.algorithm != "local":
                 uploads[pid] = arrays[0].astype(np.float32)
+            self.node_to_partition = {n: p for n, p in self.node_to_partition.items() if p != pid}
             self.node_to_partition[proxy.cid] = pid
             self._clients[pid] = {f"fit_{k}": v for k, v in metrics.items() if k not in ("partition_id", "architecture")}
         for pid, reason in rejected:
-            log.warning("round %d: rejected the upload of client %s: %s", server_round, pid, reason)
+            log.warning("round %d: rejected an upload claiming partition id %s: %s", server_round, pid, reason)
         for failure in failures:
             log.warning("round %d: a client failed in fit: %s", server_round, _short(failure))
         self._round.update(fit_failures=len(failures), rejected=len(rejected), bytes_up=bytes_up,
                            fit_clients=len(self._clients))
+        if len(self._clients) < self.min_fit_clients:
+            raise FederationError(
+                f"round {server_round}: only {len(self._clients)} of {self.num_clients} clients answered with a "
+                f"valid update ({len(failures)} failed, {len(rejected)} rejected); min_fit_fraction="
+                f"{get(self.cfg, 'min_fit_fraction')} needs {self.min_fit_clients}. The last complete round's "
+                f"results and checkpoint are kept in the run directory.")
         if uploads:
             self._update_targets(server_round, uploads)
         return None, {"fit_failures": len(failures), "rejected": len(rejected)}
 
+    def _check_identity(self, node: str, pid) -> str | None:
+        """A partition id must be valid, claimed once per round, and the one this node had before."""
+        if not isinstance(pid, int) or not 0 <= pid < self.num_clients:
+            return f"invalid partition id {pid!r} from node {node}"
+        if pid in self._clients:
+            return f"partition id {pid} claimed twice in one round (again by node {node})"
+        known = self.node_to_partition.get(node)
+        if known is not None and known != pid:
+            return f"node {node} is client {known} but claimed partition id {pid}"
+        owner = self._owner(pid)
+        if owner is not None and owner != node:
+            return f"partition id {pid} belongs to node {owner}, not to node {node}"
+        return None
+
     def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
-        ins = EvaluateIns(ndarrays_to_parameters([]), {"round": server_round})
+        ins = EvaluateIns(ndarrays_to_parameters([]), {"round": server_round + self.round_offset})
         return [(proxy, ins) for proxy in client_manager.all().values()]
 
     def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]], failures):
+        server_round += self.round_offset
         for proxy, res in results:
             pid = res.metrics.get("partition_id")
             if not isinstance(pid, int) or not 0 <= pid < self.num_clients:
@@ -170,13 +225,34 @@ class KnowledgeTransfer(Strategy):
         if self.algorithm == "ktpfl":
             self.coefficients.update(probs, present)
             targets = self.coefficients.targets(probs, present)
-            self.targets = {pid: np.asarray(targets[pid], dtype=np.float32) for pid in uploads}
+            for pid in uploads:  # absent clients keep their last target (and its alignment subset)
+                self.targets[pid] = (server_round, np.asarray(targets[pid], dtype=np.float32))
         else:  # fedmd: one consensus for everyone
             mode = get(self.cfg, "algorithm.consensus")
             consensus = fedmd_consensus(values if mode == "logits" else probs, present, mode=mode)
             consensus = np.asarray(consensus, dtype=np.float32)
-            self.targets = {pid: consensus for pid in range(self.num_clients)}
-        self.target_round = server_round
+            self.targets = {pid: (server_round, consensus) for pid in range(self.num_clients)}
+
+    # -- checkpoints -------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """All the server needs to go on after the last complete round (node ids are not kept: they
+        change when a run restarts, and nodes are asked for their partition id again)."""
+        return {
+            "round": self.history[-1]["round"] if self.history else 0,
+            "coefficients": None if self.coefficients is None else self.coefficients.state_dict(),
+            "targets": {pid: (r, t.copy()) for pid, (r, t) in self.targets.items()},
+            "history": list(self.history),
+            "client_rows": list(self.client_rows),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.round_offset = int(state["round"])
+        if self.coefficients is not None:
+            self.coefficients.load_state_dict(state["coefficients"])
+        self.targets = dict(state["targets"])
+        self.history = list(state["history"])
+        self.client_rows = list(state["client_rows"])
 
     # -- records -----------------------------------------------------------------------------------
 

@@ -1,0 +1,136 @@
+"""Failing and lying clients, kill-and-resume, and identical results from identical seeds, end to end
+through the real Ray simulation (the `smoke` preset on generated data)."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+SMOKE = ["experiment=smoke", "num_rounds=4"]
+
+
+def sim(tmp_path, name, *overrides, timeout=600):
+    env = dict(os.environ, FEDKT_CACHE=str(tmp_path / "cache"))
+    cmd = [sys.executable, "-m", "fedkt.sim", f"hydra.run.dir={tmp_path / name}", *overrides]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def client_results(run_dir):
+    """Per round and client: the figures that must repeat exactly (not timings)."""
+    with open(run_dir / "clients.csv") as f:
+        return [(r["round"], r["partition_id"], r["test_acc"], r["test_loss"], r.get("fit_val_acc"),
+                 r.get("fit_distill_loss")) for r in csv.DictReader(f)]
+
+
+def round_results(run_dir):
+    rows = json.loads((run_dir / "metrics.json").read_text())
+    return [(r["round"], r["mean_test_acc"], r["mean_test_loss"], r["fit_failures"], r["rejected"]) for r in rows]
+
+
+def test_failing_and_lying_clients_are_counted_and_kept_out_of_c(tmp_path):
+    proc = sim(tmp_path, "faults", "experiment=smoke", "num_rounds=3", "min_fit_fraction=0.25",
+               "faults.inject='1:2:crash,2:2:nan,3:3:impersonate'")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "faults"
+    rounds = json.loads((run / "metrics.json").read_text())
+    assert [(r["fit_failures"], r["rejected"], r["fit_clients"]) for r in rounds] == [(0, 0, 4), (1, 1, 2), (0, 1, 3)]
+    c = np.load(run / "coefficients.npy")
+    for absent in (1, 2):  # round 2: the crashed and the NaN client's rows and columns did not move
+        np.testing.assert_array_equal(c[1][absent], c[0][absent])
+        np.testing.assert_array_equal(c[1][:, absent], c[0][:, absent])
+    assert np.abs(c[1][0] - c[0][0]).max() > 0  # the others' did
+    np.testing.assert_array_equal(c[2][3], c[1][3])  # round 3: the impersonator is out
+    assert "claimed partition id 0" in proc.stdout + proc.stderr
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+
+
+def test_too_few_clients_stops_with_a_clear_error_and_keeps_results(tmp_path):
+    proc = sim(tmp_path, "fail", *SMOKE, "faults.inject='1:2:crash,2:2:crash,3:2:crash'")
+    assert proc.returncode == 1
+    out = proc.stdout + proc.stderr
+    assert "only 1 of 4 clients answered" in out and "min_fit_fraction" in out
+    summary = json.loads((tmp_path / "fail" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["rounds_completed"] == 1
+    assert "min_fit_fraction" in summary["error"]
+    assert (tmp_path / "fail" / "checkpoint.pkl").exists()
+
+
+def test_same_seed_same_metrics_and_kill_resume_equals_straight_run(tmp_path):
+    # a slow client in round 3 gives the test time to kill the run after round 2's checkpoint
+    overrides = [*SMOKE, "faults.inject='0:3:slow'", "faults.slow_seconds=4"]
+    straight = sim(tmp_path, "straight", *overrides)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    again = sim(tmp_path, "again", *overrides)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert client_results(tmp_path / "again") == client_results(tmp_path / "straight")
+    assert round_results(tmp_path / "again") == round_results(tmp_path / "straight")
+
+    killed_dir = tmp_path / "killed"
+    env = dict(os.environ, FEDKT_CACHE=str(tmp_path / "cache"))
+    cmd = [sys.executable, "-m", "fedkt.sim", f"hydra.run.dir={killed_dir}", *overrides]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            summary = killed_dir / "summary.json"
+            if summary.exists() and json.loads(summary.read_text())["rounds_completed"] >= 2:
+                break
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    summary = json.loads((killed_dir / "summary.json").read_text())
+    assert summary["status"] == "running" and 2 <= summary["rounds_completed"] < 4
+
+    resumed = sim(tmp_path, "resume-log", f"resume={killed_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout + resumed.stderr
+    assert json.loads((killed_dir / "summary.json").read_text())["status"] == "completed"
+    assert client_results(killed_dir) == client_results(tmp_path / "straight")
+    assert round_results(killed_dir) == round_results(tmp_path / "straight")
+    np.testing.assert_array_equal(np.load(killed_dir / "coefficients.npy"),
+                                  np.load(tmp_path / "straight" / "coefficients.npy"))
+
+
+def test_client_refuses_a_target_meant_for_another_client(tmp_path, monkeypatch):
+    import pytest
+    from flwr.app import RecordDict
+    from flwr.common import Context
+
+    from fedkt.client_app import KnowledgeClient
+    from fedkt.config import compose
+
+    monkeypatch.setenv("FEDKT_CACHE", str(tmp_path / "cache"))
+    cfg = dict(compose(["experiment=smoke"]), run_dir=str(tmp_path))
+    context = Context(run_id=0, node_id=7, node_config={"partition-id": 1}, state=RecordDict(), run_config={})
+    client = KnowledgeClient(cfg, context)
+    target = np.full((64, 10), 0.1, dtype=np.float32)
+    config = {"round": 2, "epochs": 1, "next_seed": 5, "target_seed": 4, "target_partition": 0}
+    with pytest.raises(ValueError, match="sent the target of client 0"):
+        client.fit([target], config)
+    uploads, _, metrics = client.fit([target], dict(config, target_partition=1))
+    assert metrics["partition_id"] == 1 and uploads[0].shape == (64, 10) and metrics["distill_loss"] >= 0
+
+
+def test_resume_refuses_in_memory_client_state(tmp_path):
+    import pytest
+
+    from fedkt.config import ConfigError, compose
+    from fedkt.results import dump_json
+    from fedkt.sim import resume
+
+    dump_json(tmp_path / "config.json", dict(compose(["experiment=smoke", "client.state_store=context"]),
+                                              run_dir=str(tmp_path)))
+    with pytest.raises(ConfigError, match="client.state_store=context"):
+        resume(tmp_path)
+    with pytest.raises(ConfigError, match="no config.json"):
+        resume(tmp_path / "nowhere")

@@ -45,7 +45,7 @@ def test_failing_and_lying_clients_are_counted_and_kept_out_of_c(tmp_path):
         np.testing.assert_array_equal(c[1][:, absent], c[0][:, absent])
     assert np.abs(c[1][0] - c[0][0]).max() > 0  # the others' did
     np.testing.assert_array_equal(c[2][3], c[1][3])  # round 3: the impersonator is out
-    assert "claimed partition id 0" in proc.stdout + proc.stderr
+    assert "rejected an upload claiming partition id 0" in proc.stdout + proc.stderr
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
 
 

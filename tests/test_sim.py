@@ -33,6 +33,9 @@ def test_smoke_run_writes_metrics(tmp_path, algorithm):
     clients = (run / "clients.csv").read_text().splitlines()
     assert len(clients) == 1 + 2 * 4
     assert "round 2/2 | mean test acc" in proc.stderr + proc.stdout  # the progress line
+    for figure in ("accuracy.png", "clients.png", "bytes.png"):
+        assert (run / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run / "coefficients.png").exists() == (algorithm == "ktpfl")
     if algorithm == "ktpfl":
         c = np.load(run / "coefficients.npy")
         assert c.shape == (2, 4, 4)
@@ -116,3 +119,5 @@ def test_hydra_multirun_runs_each_into_its_own_directory(tmp_path):
     for name in runs:
         summary = json.loads((sweep / name / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["algorithm"] == name.split("_")[1]
+    report = (sweep / "report.md").read_text()  # written by the Hydra callback at the end of the sweep
+    assert "ktpfl" in report and "local" in report

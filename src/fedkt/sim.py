@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedkt.config import ConfigError, client_architectures, get, gpus_per_client, validate
 from fedkt.data import DataError
+from fedkt.plots import write_run_figures
 from fedkt.results import RunRecorder, dump_json
 from fedkt.strategy import FederationError
 from fedkt.task import load_federation
@@ -125,9 +126,11 @@ def _federate(cfg: dict, run_dir: Path, num_classes: int, recorder: RunRecorder,
                            verbose_logging=bool(get(cfg, "logging.verbose")))
         except BaseException as error:  # keep what the finished rounds wrote, and say why it stopped
             recorder.finish("failed", f"{type(error).__name__}: {error}")
+            write_run_figures(run_dir)
             raise
     done = len(recorder.rounds) == int(cfg["num_rounds"])
     summary = recorder.finish("completed" if done else "incomplete")
+    write_run_figures(run_dir)
     log.info("final mean test accuracy %s after %d rounds, %.0f s; results in %s",
              _fmt(summary["final_mean_test_acc"]), summary["rounds_completed"], summary["wall_seconds"], run_dir)
     return summary

@@ -1,0 +1,524 @@
+"""A report over many runs: a Hydra multirun directory, or any set of run directories.
+
+    python -m fedkt.report outputs/multirun/2026-11-25_16-00-00            # -> report.md + figures there
+    python -m fedkt.report RUN_A RUN_B SWEEP_C --out /tmp/report [--run-figures]
+
+Every directory holding both config.json and summary.json (see fedkt.results) below the given paths is a run.
+report.md holds:
+
+- the mean table: the final mean test accuracy, mean and sample standard deviation (ddof=1) over seeds, for
+  each algorithm x partition x setting. A *setting* is the value of every config key that differs between the
+  runs found, other than seed, algorithm.name, partition.scheme and the bookkeeping keys in IGNORED_KEYS (paths,
+  devices, resources, logging); e.g. `model.norm=batch, client.lr_policy=plateau`. A key that only some runs have
+  (added to the config between runs) counts only if it takes two values; runs without it show "—". Only
+  completed runs count;
+- one curve figure per partition (curves_<partition>.png): mean test accuracy per round of each algorithm
+  (and setting), mean over seeds with a +-1 sample-std band; runs that did not complete are drawn dotted;
+- the runs table: one row per run with its status, rounds, final accuracy, wall time and bytes;
+- every run that failed, is incomplete, still running or unreadable, listed with its status and error.
+
+report.json holds the same numbers for machines. `--run-figures` also draws each run's own figures
+(fedkt.plots.write_run_figures) into <out>/runs/<run>/, leaving the run directories untouched.
+
+As a Hydra callback (conf/config.yaml):
+
+    hydra:
+      callbacks:
+        report:
+          _target_: fedkt.report.ReportCallback
+
+writes the report into the sweep directory when a multirun ends; it logs, and never raises.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fedkt.plots import (human_bytes, natural_key, new_figure, read_json, save_figure, to_float,
+                         write_run_figures)
+from fedkt.results import write_atomic
+
+log = logging.getLogger("fedkt")
+
+# keys that never define a setting: what the runs compare (seed, algorithm, partition) and bookkeeping that
+# does not change the experiment (where data and outputs live, devices and resources, logging)
+IGNORED_KEYS = ("seed", "algorithm.name", "partition.scheme", "run_dir", "data.root", "data.cache_dir",
+                "data.download", "client.device", "client.num_cpus", "client.num_gpus", "client.state_store",
+                "client.eval_batch_size")
+IGNORED_PREFIXES = ("ray.", "logging.", "hydra.")
+ALGORITHM_ORDER = ("ktpfl", "fedmd", "local")
+PARTITION_ORDER = ("type1", "type2", "iid")
+ALGORITHM_STYLE = {"ktpfl": ("#0072B2", "o"), "fedmd": ("#D55E00", "s"), "local": ("#555555", "^")}
+_MISSING = "—"
+
+
+@dataclass
+class Run:
+    path: Path
+    label: str
+    config: dict
+    summary: dict
+    flat: dict = field(default_factory=dict)
+    setting: str = ""
+
+    @property
+    def status(self) -> str:
+        return str(self.summary.get("status") or "unreadable")
+
+    @property
+    def error(self) -> str:
+        return str(self.summary.get("error") or "")
+
+    @property
+    def algorithm(self) -> str:
+        return str(self.summary.get("algorithm") or self.flat.get("algorithm.name") or "?")
+
+    @property
+    def partition(self) -> str:
+        return str(self.summary.get("partition") or self.flat.get("partition.scheme") or "?")
+
+    @property
+    def seed(self):
+        return self.summary.get("seed", self.flat.get("seed"))
+
+    @property
+    def history(self) -> list[float]:
+        history = self.summary.get("mean_test_acc_history")
+        return [to_float(v) for v in history] if isinstance(history, list) else []
+
+    @property
+    def final(self) -> float:
+        return to_float(self.summary.get("final_mean_test_acc"))
+
+    @property
+    def best(self) -> float:
+        return to_float(self.summary.get("best_mean_test_acc"))
+
+    @property
+    def included(self) -> bool:
+        """Counts in the mean table: completed, with a final accuracy."""
+        return self.status == "completed" and math.isfinite(self.final)
+
+    @property
+    def rounds(self) -> str:
+        return f"{self.summary.get('rounds_completed', '?')}/{self.summary.get('num_rounds', '?')}"
+
+
+@dataclass
+class Group:
+    partition: str
+    algorithm: str
+    setting: str
+    runs: list[Run]
+
+    @property
+    def finals(self) -> np.ndarray:
+        return np.array([r.final for r in self.runs])
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.finals))
+
+    @property
+    def std(self) -> float | None:
+        return float(np.std(self.finals, ddof=1)) if self.n > 1 else None
+
+    @property
+    def best_mean(self) -> float:
+        best = np.array([r.best for r in self.runs])
+        return float(np.mean(best)) if np.isfinite(best).all() else math.nan
+
+
+@dataclass
+class Report:
+    out_dir: Path
+    markdown: Path
+    runs: list[Run]
+    groups: list[Group]
+    figures: list[Path]
+    setting_keys: list[str]
+
+
+# -----------------------------------------------------------------------------
+# finding and reading runs
+
+def find_runs(paths) -> list[Path]:
+    """Every directory at or below the paths that holds config.json and summary.json (sorted naturally)."""
+    found: dict[Path, None] = {}
+    for root in map(Path, paths):
+        if not root.exists():
+            log.warning("report: %s does not exist", root)
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            if "config.json" in filenames and "summary.json" in filenames:
+                found[Path(dirpath).resolve()] = None
+            dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "clients"]
+    return sorted(found, key=lambda p: natural_key(str(p)))
+
+
+def flatten(cfg, prefix: str = "") -> dict:
+    out = {}
+    if isinstance(cfg, dict):
+        for key, value in cfg.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+    else:
+        out[prefix[:-1]] = cfg
+    return out
+
+
+def load_run(path: Path, roots: list[Path]) -> Run:
+    config = read_json(path / "config.json")
+    summary = read_json(path / "summary.json")
+    if not isinstance(summary, dict):
+        summary = {"status": "unreadable", "error": "summary.json missing or not valid JSON"}
+    run = Run(path=path, label=_label(path, roots), config=config if isinstance(config, dict) else {},
+              summary=summary)
+    run.flat = flatten(run.config)
+    return run
+
+
+def _label(path: Path, roots: list[Path]) -> str:
+    for root in roots:
+        try:
+            rel = path.relative_to(root)
+        except ValueError:
+            continue
+        return str(rel) if str(rel) != "." else path.name
+    return str(path)
+
+
+def setting_keys(runs: list[Run]) -> list[str]:
+    """Config keys that take two or more values among the runs that have them, minus the ignored ones.
+    A key only some runs have, with one value, is a key added to the config between runs (the others ran
+    its default behaviour): it does not split groups."""
+    keys = sorted({k for r in runs for k in r.flat})
+    varying = []
+    for key in keys:
+        if key in IGNORED_KEYS or key.startswith(IGNORED_PREFIXES):
+            continue
+        if len({json.dumps(r.flat[key], sort_keys=True, default=str) for r in runs if key in r.flat}) > 1:
+            varying.append(key)
+    return varying
+
+
+def _order(value: str, preferred) -> tuple:
+    return (preferred.index(value) if value in preferred else len(preferred), natural_key(value))
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        if run.included:
+            groups.setdefault((run.partition, run.algorithm, run.setting), []).append(run)
+    ordered = sorted(groups, key=lambda k: (_order(k[0], PARTITION_ORDER), natural_key(k[2]),
+                                            _order(k[1], ALGORITHM_ORDER)))
+    return [Group(p, a, s, sorted(groups[(p, a, s)], key=lambda r: natural_key(str(r.seed)))) for p, a, s in ordered]
+
+
+# -----------------------------------------------------------------------------
+# figures
+
+def plot_curves(runs: list[Run], groups: list[Group], out_dir: Path) -> list[Path]:
+    """curves_<partition>.png: per round, each group's mean over seeds with a +-1 sample-std band; runs that
+    did not complete, dotted."""
+    written = []
+    partitions = sorted({r.partition for r in runs if r.history}, key=lambda p: _order(p, PARTITION_ORDER))
+    settings = sorted({r.setting for r in runs}, key=natural_key)
+    dashes = ["-", "--", "-.", (0, (5, 1, 1, 1, 1, 1))]
+    for partition in partitions:
+        fig = new_figure(7.6, 4.6)
+        ax = fig.add_subplot()
+        top = 0.0
+        max_round = 1
+        for group in (g for g in groups if g.partition == partition):
+            colour, marker = _algorithm_style(group.algorithm)
+            width = max(len(r.history) for r in group.runs)
+            stack = np.full((group.n, width), np.nan)
+            for k, run in enumerate(group.runs):
+                stack[k, :len(run.history)] = run.history
+            with np.errstate(all="ignore"), _quiet():
+                count = np.isfinite(stack).sum(axis=0)
+                mean = np.where(count > 0, np.nanmean(stack, axis=0), np.nan)
+                std = np.where(count > 1, np.nanstd(stack, axis=0, ddof=1), np.nan)
+            xs = np.arange(1, width + 1)
+            style = dashes[settings.index(group.setting) % len(dashes)] if len(settings) > 1 else "-"
+            label = f"{group.algorithm} (n={group.n})" + (f" [{group.setting}]" if group.setting else "")
+            ax.plot(xs, mean, ls=style, marker=marker, ms=4, lw=2, color=colour, label=label)
+            if group.n > 1:
+                ax.fill_between(xs, mean - std, mean + std, color=colour, alpha=0.18, lw=0)
+            top = max(top, float(np.nanmax(np.concatenate([mean + np.nan_to_num(std), [0.0]]))))
+            max_round = max(max_round, width)
+        for run in (r for r in runs if r.partition == partition and not r.included and r.history):
+            colour, marker = _algorithm_style(run.algorithm)
+            xs = np.arange(1, len(run.history) + 1)
+            ax.plot(xs, run.history, ls=":", marker=marker, ms=3, lw=1.2, color=colour, alpha=0.8,
+                    label=f"{run.algorithm} s{run.seed} ({run.status}, {run.rounds} rounds)")
+            finite = [v for v in run.history if math.isfinite(v)]
+            top = max(top, max(finite, default=0.0))
+            max_round = max(max_round, len(run.history))
+        ax.set_xlabel("round")
+        ax.set_ylabel("mean test accuracy over clients")
+        ax.set_ylim(0.0, min(1.0, max(0.1, top + 0.05)))
+        ax.set_xlim(0.5, max_round + 0.5)
+        if max_round <= 20:
+            ax.set_xticks(range(1, max_round + 1))
+        ax.grid(True, alpha=0.3)
+        ax.set_title(f"Mean test accuracy per round — partition {partition}\n"
+                     f"line: mean over seeds; band: ±1 sample std over seeds (n ≥ 2)", fontsize=9.5)
+        ax.legend(loc="lower right", fontsize=7.5)
+        written.append(save_figure(fig, out_dir / f"curves_{_safe(partition)}.png"))
+    return written
+
+
+class _quiet:
+    """Silence numpy's 'mean of empty slice' warnings inside a block."""
+
+    def __enter__(self):
+        import warnings
+        self._catch = warnings.catch_warnings()
+        self._catch.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        return self._catch.__exit__(*exc)
+
+
+def _algorithm_style(algorithm: str) -> tuple[str, str]:
+    if algorithm in ALGORITHM_STYLE:
+        return ALGORITHM_STYLE[algorithm]
+    extra = ("#009E73", "#CC79A7", "#E69F00", "#56B4E9")
+    return extra[sum(map(ord, algorithm)) % len(extra)], "D"
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "_"
+
+
+# -----------------------------------------------------------------------------
+# markdown
+
+def _cell(value) -> str:
+    text = _MISSING if value is None or value == "" else str(value)
+    return text.replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+
+
+def _acc(value) -> str:
+    value = to_float(value)
+    return f"{value:.4f}" if math.isfinite(value) else _MISSING
+
+
+def _duration(seconds) -> str:
+    seconds = to_float(seconds)
+    if not math.isfinite(seconds):
+        return _MISSING
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def mean_table(groups: list[Group], with_setting: bool) -> list[str]:
+    header = ["partition", "algorithm"] + (["setting"] if with_setting else []) + [
+        "n", "final acc mean", "final acc std", "best acc mean", "seeds"]
+    rows = []
+    for g in groups:
+        rows.append([g.partition, g.algorithm] + ([g.setting or "(default)"] if with_setting else []) + [
+            g.n, _acc(g.mean), _acc(g.std) if g.std is not None else _MISSING, _acc(g.best_mean),
+            ", ".join(str(r.seed) for r in g.runs)])
+    return _table(header, rows)
+
+
+def runs_table(runs: list[Run], with_setting: bool) -> list[str]:
+    header = ["run", "algorithm", "partition", "seed"] + (["setting"] if with_setting else []) + [
+        "status", "rounds", "final acc", "wall time", "bytes up", "bytes down"]
+    rows = [[f"`{r.label}`", r.algorithm, r.partition, r.seed] + ([r.setting or "(default)"] if with_setting else [])
+            + [r.status, r.rounds, _acc(r.final), _duration(r.summary.get("wall_seconds")),
+               human_bytes(r.summary.get("bytes_up")), human_bytes(r.summary.get("bytes_down"))] for r in runs]
+    return _table(header, rows)
+
+
+_STATUS_NOTE = {"running": "still running, or stopped without a chance to record why",
+                "incomplete": "the simulation ended before the last round",
+                "failed": "stopped by an error",
+                "unreadable": "summary.json missing or broken"}
+
+
+def excluded_lines(runs: list[Run]) -> list[str]:
+    excluded = [r for r in runs if not r.included]
+    if not excluded:
+        return ["None: every run completed and is in the mean table."]
+    lines = [f"{len(excluded)} run(s) are left out of the mean table and listed here (their partial curves, "
+             f"if any, are drawn dotted):", ""]
+    for r in excluded:
+        note = _STATUS_NOTE.get(r.status, "completed without a final accuracy" if r.status == "completed" else "")
+        error = r.error.strip().replace("\n", " ")
+        lines.append(f"- `{r.label}` ({r.algorithm}, {r.partition}, seed {r.seed}): **{r.status}**"
+                     f"{f' ({note})' if note else ''} after {r.rounds} rounds"
+                     f"{f'; error: `{error[:500]}`' if error else ''}")
+    return lines
+
+
+def render_markdown(report: Report, paths) -> str:
+    runs, groups = report.runs, report.groups
+    with_setting = bool(report.setting_keys)
+    included = sum(r.included for r in runs)
+    lines = ["# fedkt report", "",
+             f"{len(runs)} run(s) under {', '.join(f'`{p}`' for p in paths)}; {included} completed. "
+             f"Written {time.strftime('%Y-%m-%d %H:%M:%S')}.", "",
+             "## Final mean test accuracy", "",
+             "The metric is each run's final mean over clients of each client's test accuracy; the table gives "
+             "its mean and sample standard deviation (ddof=1, '—' with one seed) over the n seeds of each group. "
+             "Only completed runs count.", ""]
+    if with_setting:
+        lines += [f"Runs differ in {', '.join(f'`{k}`' for k in report.setting_keys)} besides seed, algorithm "
+                  f"and partition; each distinct combination is a *setting* (a row group; '—': the run's "
+                  f"config lacks the key).", ""]
+    else:
+        lines += ["All runs share one configuration apart from seed, algorithm and partition (keys that only "
+                  "some runs have, with one value, and paths, devices and resources are not compared).", ""]
+    lines += mean_table(groups, with_setting) if groups else ["No completed run."]
+    lines += ["", "## Runs left out", ""] + excluded_lines(runs)
+    curves = [f for f in report.figures if f.name.startswith("curves_")]
+    if curves:
+        lines += ["", "## Accuracy per round", ""]
+        for f in curves:
+            lines += [f"![{f.stem}]({os.path.relpath(f, report.out_dir)})", ""]
+    lines += ["", "## Runs", ""] + runs_table(runs, with_setting)
+    others = [f for f in report.figures if not f.name.startswith("curves_")]
+    if others:
+        lines += ["", "## Per-run figures", ""]
+        lines += [f"- [{os.path.relpath(f, report.out_dir)}]({os.path.relpath(f, report.out_dir)})" for f in others]
+    return "\n".join(lines) + "\n"
+
+
+def report_json(report: Report) -> dict:
+    def number(v):
+        return v if v is not None and math.isfinite(v) else None
+
+    return {
+        "setting_keys": report.setting_keys,
+        "groups": [{"partition": g.partition, "algorithm": g.algorithm, "setting": g.setting, "n": g.n,
+                    "seeds": [r.seed for r in g.runs], "final_mean": number(g.mean),
+                    "final_std": number(g.std) if g.std is not None else None, "best_mean": number(g.best_mean),
+                    "finals": [number(r.final) for r in g.runs], "runs": [r.label for r in g.runs]}
+                   for g in report.groups],
+        "runs": [{"run": r.label, "path": str(r.path), "algorithm": r.algorithm, "partition": r.partition,
+                  "seed": r.seed, "setting": r.setting, "status": r.status, "error": r.error,
+                  "included": r.included, "rounds_completed": r.summary.get("rounds_completed"),
+                  "num_rounds": r.summary.get("num_rounds"), "final_mean_test_acc": number(r.final),
+                  "wall_seconds": r.summary.get("wall_seconds"), "bytes_up": r.summary.get("bytes_up"),
+                  "bytes_down": r.summary.get("bytes_down")} for r in report.runs],
+        "figures": [os.path.relpath(f, report.out_dir) for f in report.figures],
+    }
+
+
+# -----------------------------------------------------------------------------
+# entry points
+
+def write_report(paths, out_dir=None, run_figures: bool = False) -> Report:
+    """Find the runs under paths, write report.md, report.json and curves_<partition>.png into out_dir
+    (default: the first path); returns what it wrote. Raises FileNotFoundError when no run is found."""
+    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    if not paths:
+        raise ValueError("write_report: give at least one path")
+    roots = [p.resolve() for p in paths]
+    dirs = find_runs(paths)
+    if not dirs:
+        raise FileNotFoundError(f"no run directory (config.json + summary.json) under {', '.join(map(str, paths))}")
+    out = Path(out_dir) if out_dir is not None else paths[0]
+    if out.is_file():
+        out = out.parent
+    out.mkdir(parents=True, exist_ok=True)
+    runs = [load_run(d, roots) for d in dirs]
+    keys = setting_keys(runs)
+    for run in runs:
+        run.setting = ", ".join(f"{k}={run.flat.get(k, _MISSING)}" for k in keys)
+    groups = group_runs(runs)
+    figures: list[Path] = []
+    try:
+        figures += plot_curves(runs, groups, out)
+    except Exception as error:  # the tables matter more than a figure
+        log.warning("report: curves not drawn: %s: %s", type(error).__name__, error)
+    if run_figures:
+        for run in runs:
+            figures += write_run_figures(run.path, out / "runs" / _safe(run.label.replace(os.sep, "__")))
+    report = Report(out_dir=out, markdown=out / "report.md", runs=runs, groups=groups, figures=figures,
+                    setting_keys=keys)
+    write_atomic(report.markdown, render_markdown(report, paths))
+    write_atomic(out / "report.json", json.dumps(report_json(report), indent=2, default=str))
+    return report
+
+
+try:
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # hydra-core is a dependency; this only keeps `fedkt.report` importable without it
+    _HydraCallback = object
+
+
+class ReportCallback(_HydraCallback):
+    """Hydra callback: at the end of a multirun, write the report into the sweep directory (or `out`).
+    Logs where it wrote it; a failure is logged as a warning, never raised."""
+
+    def __init__(self, out: str | None = None, run_figures: bool = False) -> None:
+        self.out = out or None
+        self.run_figures = bool(run_figures)
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        try:
+            from omegaconf import OmegaConf
+
+            sweep_dir = OmegaConf.select(config, "hydra.sweep.dir")
+            if not sweep_dir:
+                raise ValueError("config has no hydra.sweep.dir")
+            report = write_report([sweep_dir], self.out, run_figures=self.run_figures)
+            done = sum(r.included for r in report.runs)
+            log.info("report of %d run(s) (%d completed) written to %s", len(report.runs), done, report.markdown)
+        except Exception as error:
+            log.warning("report not written: %s: %s", type(error).__name__, error)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fedkt.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="a multirun directory or run directories")
+    parser.add_argument("--out", default=None, help="where report.md and figures go (default: the first PATH)")
+    parser.add_argument("--run-figures", action="store_true",
+                        help="also draw every run's own figures into OUT/runs/<run>/")
+    args = parser.parse_args(argv)
+    try:
+        report = write_report(args.paths, args.out, run_figures=args.run_figures)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print("\n".join(mean_table(report.groups, bool(report.setting_keys))) if report.groups else "no completed run")
+    left_out = [r for r in report.runs if not r.included]
+    if left_out:
+        print("left out: " + "; ".join(f"{r.label} ({r.status})" for r in left_out))
+    print(f"report: {report.markdown} ({len(report.runs)} runs, {len(report.figures)} figures)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""fedkt.plots and fedkt.report on fabricated run directories, written by the real RunRecorder."""
+
+import json
+import logging
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from PIL import Image
+
+from fedkt.partition import make_partition
+from fedkt.plots import client_classes, row_entropy, write_run_figures
+from fedkt.report import ReportCallback, find_runs, main, write_report
+from fedkt.results import RunRecorder, dump_json
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ARCHS = ["lenet", "alexnet", "resnet18", "shufflenetv2"]
+CLASS_NAMES = ["plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def make_config(run_dir, algorithm, partition, seed, num_rounds, num_clients=4, norm="none"):
+    return {"seed": seed, "num_rounds": num_rounds, "num_clients": num_clients,
+            "data": {"name": "synthetic", "root": "data", "public_size": 50, "samples_per_client": 0},
+            "partition": {"scheme": partition, "alpha": 0.5, "classes_per_client": 2},
+            "model": {"architectures": ",".join(ARCHS), "norm": norm, "stem": "cifar"},
+            "algorithm": {"name": algorithm, "rho": 0.7},
+            "client": {"lr": 0.02, "lr_policy": "constant", "device": "cpu", "num_cpus": 1},
+            "run_dir": str(run_dir)}
+
+
+def fake_run(run_dir, algorithm="ktpfl", partition="type1", seed=0, history=(0.2, 0.3, 0.4), num_rounds=None,
+             status="completed", error="", num_clients=4, norm="none", nan_round=None, extra=None):
+    """A run directory as fedkt.sim leaves it: config, partition, then RunRecorder's files round by round."""
+    run_dir = Path(run_dir)
+    num_rounds = num_rounds or len(history)
+    cfg = make_config(run_dir, algorithm, partition, seed, num_rounds, num_clients, norm)
+    for section, values in (extra or {}).items():  # keys added to the config since older runs
+        cfg[section] = {**cfg.get(section, {}), **values} if isinstance(values, dict) else values
+    run_dir.mkdir(parents=True, exist_ok=True)
+    labels = np.repeat(np.arange(10), 30)
+    part = make_partition(labels, num_clients, scheme=partition, seed=seed, public_size=50)
+    (run_dir / "partition.txt").write_text(part.summary(labels, CLASS_NAMES))
+    part.to_json(run_dir / "partition.json")
+    dump_json(run_dir / "config.json", cfg)
+    rng = np.random.default_rng(seed)
+    recorder = RunRecorder(run_dir, cfg)
+    for k, mean in enumerate(history, start=1):
+        accs = np.clip(mean + rng.normal(0, 0.05, num_clients), 0, 1)
+        accs += mean - accs.mean()
+        if nan_round == k:
+            accs[0] = math.nan
+        with warnings.catch_warnings():  # a NaN round: all-NaN statistics are what we want
+            warnings.simplefilter("ignore", RuntimeWarning)
+            spread = [float(f(accs)) for f in (np.nanstd, np.nanmin, np.nanmax)]
+        record = {"round": k, "mean_test_acc": mean, "std_test_acc": spread[0],
+                  "min_test_acc": spread[1], "max_test_acc": spread[2],
+                  "mean_test_loss": 2.0 - mean, "eval_clients": num_clients, "fit_clients": num_clients,
+                  "fit_failures": 0, "eval_failures": 0, "rejected": 0, "bytes_up": 4000 * num_clients,
+                  "bytes_down": 0 if k == 1 or algorithm == "local" else 4000 * num_clients, "seconds": 1.5}
+        rows = []
+        for pid in range(num_clients):
+            row = {"round": k, "partition_id": pid, "architecture": ARCHS[pid % len(ARCHS)],
+                   "test_acc": float(accs[pid]), "test_loss": 1.0, "fit_train_acc": 0.5, "fit_val_acc": 0.4,
+                   "fit_lr": 0.02, "fit_seconds": 0.1, "fit_bytes_sent": 4000}
+            if k > 1:
+                row["fit_distill_loss"] = 0.3
+            rows.append(row)
+        c = None
+        if algorithm == "ktpfl":
+            c = rng.random((num_clients, num_clients)) + np.eye(num_clients) * k
+            c /= c.sum(axis=1, keepdims=True)
+            if nan_round == k:
+                c[1, :] = math.nan
+        recorder(record, rows, c)
+    recorder.finish(status, error)
+    return run_dir
+
+
+HISTORIES = {  # (algorithm, partition, seed) -> mean test accuracy per round
+    (a, p, s): tuple(np.round(0.1 + 0.05 * r + 0.03 * i + 0.11 * j + 0.02 * s + 0.013 * s * r, 6) for r in range(4))
+    for i, a in enumerate(["ktpfl", "local"]) for j, p in enumerate(["type1", "type2"]) for s in (0, 1)
+}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """2 algorithms x 2 partitions x 2 seeds, plus a fedmd run that failed after 2 of 4 rounds."""
+    root = tmp_path_factory.mktemp("sweep")
+    n = 0
+    for (algorithm, partition, seed), history in HISTORIES.items():
+        fake_run(root / f"{n}_{algorithm}_{partition}_s{seed}", algorithm, partition, seed, history)
+        n += 1
+    fake_run(root / f"{n}_fedmd_type1_s0", "fedmd", "type1", 0, history=(0.15, 0.2), num_rounds=4,
+             status="failed", error="RuntimeError: client 3 ran out of memory")
+    (root / "multirun.yaml").write_text("hydra: {}\n")
+    return root
+
+
+def assert_png(path):
+    path = Path(path)
+    assert path.is_file(), path
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and len(data) > 1000, path
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        width, height = image.size
+    assert width > 100 and height > 100
+    assert len(data) < 400_000  # small files
+
+
+def test_finds_every_run(sweep):
+    runs = find_runs([sweep])
+    assert len(runs) == 9
+    assert runs[-1].name == "8_fedmd_type1_s0"  # natural order: 8 after 7, not after 0
+
+
+def test_report_numbers(sweep, tmp_path):
+    report = write_report([sweep], tmp_path / "out")
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    md = report.markdown.read_text()
+    assert data["setting_keys"] == []  # only seeds, algorithms, partitions and run_dir differ
+    groups = {(g["algorithm"], g["partition"]): g for g in data["groups"]}
+    assert set(groups) == {(a, p) for a, p, _ in HISTORIES}  # the failed fedmd run makes no group
+    for (algorithm, partition), g in groups.items():
+        finals = np.array([HISTORIES[(algorithm, partition, s)][-1] for s in (0, 1)])
+        assert g["n"] == 2 and g["seeds"] == [0, 1]
+        assert g["final_mean"] == pytest.approx(finals.mean(), abs=1e-12)
+        assert g["final_std"] == pytest.approx(finals.std(ddof=1), abs=1e-12)
+        assert g["final_std"] > 0
+        line = next(ln for ln in md.splitlines() if ln.startswith(f"| {partition} | {algorithm} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[2] == "2"
+        assert cells[3] == f"{finals.mean():.4f}" and cells[4] == f"{finals.std(ddof=1):.4f}"
+    failed = [r for r in data["runs"] if r["status"] == "failed"]
+    assert len(failed) == 1 and not failed[0]["included"] and failed[0]["rounds_completed"] == 2
+    assert "8_fedmd_type1_s0" in md and "**failed**" in md and "ran out of memory" in md
+    runs_rows = [ln for ln in md.split("## Runs\n")[1].splitlines() if ln.startswith("| `")]
+    assert len(runs_rows) == 9  # every run in the runs table, the failed one with its status
+    assert any("8_fedmd_type1_s0" in ln and "| failed | 2/4 |" in ln for ln in runs_rows)
+
+
+def test_report_figures_and_cli(sweep, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main([str(sweep), "--out", str(out), "--run-figures"]) == 0
+    printed = capsys.readouterr().out
+    assert "report.md" in printed and "8_fedmd_type1_s0 (failed)" in printed
+    for name in ("curves_type1.png", "curves_type2.png"):
+        assert_png(out / name)
+        assert f"]({name})" in (out / "report.md").read_text()
+    assert len(list(out.glob("curves_*.png"))) == 2
+    ktpfl = out / "runs" / "0_ktpfl_type1_s0"
+    for name in ("accuracy.png", "clients.png", "coefficients.png", "coefficients_rounds.png", "bytes.png"):
+        assert_png(ktpfl / name)
+    assert not (out / "runs" / "4_local_type1_s0" / "coefficients.png").exists()
+    assert_png(out / "runs" / "8_fedmd_type1_s0" / "accuracy.png")  # the crashed run's partial figures
+    assert not list(sweep.rglob("*.png"))  # the run directories stay untouched
+
+
+def test_report_default_out_is_first_path(sweep, tmp_path):
+    a = fake_run(tmp_path / "a", "ktpfl", "type1", 0, history=(0.3,))
+    b = fake_run(tmp_path / "b", "ktpfl", "type1", 1, history=(0.5,))
+    report = write_report([a, b])
+    assert report.markdown == a / "report.md"
+    (group,) = report.groups
+    assert group.n == 2 and group.mean == pytest.approx(0.4)
+    assert group.std == pytest.approx(np.std([0.3, 0.5], ddof=1))
+
+
+def test_one_seed_shows_dash_and_settings_split_groups(tmp_path):
+    fake_run(tmp_path / "s/0", "ktpfl", "type1", 0, history=(0.3, 0.35), norm="none")
+    fake_run(tmp_path / "s/1", "ktpfl", "type1", 0, history=(0.3, 0.45), norm="batch")
+    fake_run(tmp_path / "s/2", "ktpfl", "type1", 1, history=(0.3, 0.55), norm="batch",
+             extra={"faults": {"fail_prob": 0.0}, "resume": ""})  # keys the other runs' code did not have yet
+    report = write_report([tmp_path / "s"])
+    assert report.setting_keys == ["model.norm"]  # run_dir, seed and the new keys differ too, but do not count
+    by_setting = {g.setting: g for g in report.groups}
+    assert set(by_setting) == {"model.norm=none", "model.norm=batch"}
+    assert by_setting["model.norm=none"].std is None
+    md = report.markdown.read_text()
+    line = next(ln for ln in md.splitlines() if "| model.norm=none |" in ln and ln.startswith("| type1"))
+    assert "| 1 | 0.3500 | — |" in line
+    assert "| model.norm=batch | 2 | 0.5000 | 0.0707 |" in md
+    fake_run(tmp_path / "s/3", "ktpfl", "type1", 2, history=(0.3, 0.6), norm="batch",
+             extra={"faults": {"fail_prob": 0.3}})  # a new key that does vary splits groups
+    report = write_report([tmp_path / "s"])
+    assert report.setting_keys == ["faults.fail_prob", "model.norm"]
+    assert {g.setting: g.n for g in report.groups} == {
+        "faults.fail_prob=—, model.norm=none": 1, "faults.fail_prob=—, model.norm=batch": 1,
+        "faults.fail_prob=0.0, model.norm=batch": 1, "faults.fail_prob=0.3, model.norm=batch": 1}
+
+
+def test_report_without_runs_fails_cleanly(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 1
+    assert "no run directory" in capsys.readouterr().err
+
+
+def test_run_figures_ktpfl_type2(tmp_path):
+    run = fake_run(tmp_path / "k", "ktpfl", "type2", 3, history=(0.2, 0.3, 0.35, 0.4, 0.42))
+    paths = write_run_figures(run)
+    names = sorted(p.name for p in paths)
+    assert names == sorted(["accuracy.png", "clients.png", "coefficients.png", "coefficients_rounds.png",
+                            "bytes.png"])
+    for p in paths:
+        assert p.parent == run
+        assert_png(p)
+    counts = make_partition(np.repeat(np.arange(10), 30), 4, scheme="type2", seed=3, public_size=50).class_counts(
+        np.repeat(np.arange(10), 30))
+    classes = client_classes(run)  # read back from partition.txt for the heatmap's tick labels
+    assert classes == {i: [CLASS_NAMES[k] for k in np.flatnonzero(row)] for i, row in enumerate(counts)}
+    assert all(len(v) == 2 for v in classes.values())
+
+
+def test_run_figures_local_has_no_coefficients(tmp_path):
+    run = fake_run(tmp_path / "l", "local", "type1", 0)
+    names = {p.name for p in write_run_figures(run)}
+    assert names == {"accuracy.png", "clients.png", "bytes.png"}
+    assert not (run / "coefficients.png").exists()
+
+
+def test_run_figures_survive_odd_runs(tmp_path):
+    one = fake_run(tmp_path / "one", "ktpfl", "type1", 0, history=(0.3,))  # a single round
+    assert len(write_run_figures(one)) == 5
+    nan = fake_run(tmp_path / "nan", "ktpfl", "type1", 0, history=(0.3, math.nan, 0.4), nan_round=2)
+    for p in write_run_figures(nan):
+        assert_png(p)
+    assert len(list(nan.glob("*.png"))) == 5
+    crashed = fake_run(tmp_path / "crash", "fedmd", "type2", 0, history=(0.3, 0.35), num_rounds=10,
+                       status="failed", error="KeyboardInterrupt: ")
+    (crashed / "clients.csv").write_text("round,partition_id,archi")  # cut mid-write
+    names = {p.name for p in write_run_figures(crashed)}
+    assert {"accuracy.png", "bytes.png"} <= names
+    bare = tmp_path / "bare"  # started, nothing recorded yet
+    bare.mkdir()
+    (bare / "summary.json").write_text('{"status": "running"}')
+    assert write_run_figures(bare) == []
+    assert write_run_figures(tmp_path / "does-not-exist-yet") == []
+
+
+def test_row_entropy():
+    c = np.array([[[0.25] * 4, [1, 0, 0, 0], [0.5, 0.5, 0, 0], [np.nan] * 4]])
+    h = row_entropy(c)[0]
+    assert h[:3] == pytest.approx([1.0, 0.0, 0.5])
+    assert math.isnan(h[3])
+
+
+def test_callback_writes_report(sweep, tmp_path, caplog):
+    from hydra.experimental.callback import Callback
+
+    callback = ReportCallback(out=str(tmp_path / "cb"))
+    assert isinstance(callback, Callback)
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
+    with caplog.at_level(logging.INFO, logger="fedkt"):
+        callback.on_multirun_end(config=config)
+    assert (tmp_path / "cb" / "report.md").is_file()
+    assert any("report of 9 run(s) (8 completed) written to" in r.getMessage() for r in caplog.records)
+
+
+def test_callback_default_out_is_sweep_dir_and_never_raises(tmp_path, caplog):
+    fake_run(tmp_path / "sw" / "0_ktpfl_type1_s0", history=(0.3, 0.4))
+    ReportCallback().on_multirun_end(config=OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sw")}}}))
+    assert (tmp_path / "sw" / "report.md").is_file()
+    with caplog.at_level(logging.WARNING, logger="fedkt"):
+        ReportCallback().on_multirun_end(config=OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "x")}}}))
+        ReportCallback().on_multirun_end(config=OmegaConf.create({}))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum(w.startswith("report not written") for w in warnings) == 2
+
+
+HYDRA_APP = '''
+import json, sys
+from pathlib import Path
+import hydra
+from hydra.core.hydra_config import HydraConfig
+sys.path.insert(0, {tests!r})
+from test_report import fake_run
+
+@hydra.main(config_path=None, config_name="cfg", version_base=None)
+def main(cfg):
+    fake_run(HydraConfig.get().runtime.output_dir, "ktpfl", "type1", int(cfg.seed), history=(0.2, 0.3 + cfg.seed / 10))
+
+from hydra.core.config_store import ConfigStore
+ConfigStore.instance().store(name="cfg", node={{"seed": 0, "hydra": {{"callbacks": {{"report": {{
+    "_target_": "fedkt.report.ReportCallback"}}}}}}}})
+main()
+'''
+
+
+def test_callback_runs_at_the_end_of_a_real_multirun(tmp_path):
+    """The YAML `hydra.callbacks.report._target_: fedkt.report.ReportCallback` wires it into Hydra."""
+    import subprocess
+    import sys
+
+    app = tmp_path / "app.py"
+    app.write_text(HYDRA_APP.format(tests=str(Path(__file__).parent)))
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run([sys.executable, str(app), "-m", "seed=0,1", f"hydra.sweep.dir={sweep}"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((sweep / "report.json").read_text())
+    (group,) = data["groups"]
+    assert group["n"] == 2 and group["final_mean"] == pytest.approx(0.35)
+    assert (sweep / "curves_type1.png").is_file()
+    assert "written to" in proc.stdout + proc.stderr

@@ -195,3 +195,14 @@ def make_client_app(cfg: dict) -> ClientApp:
         return KnowledgeClient(cfg, context).to_client()
 
     return ClientApp(client_fn=client_fn)
+
+
+def _deployed_client_fn(context: Context):
+    from fedkt.deploy import client_fn
+
+    return client_fn(context)
+
+
+# The deployed ClientApp (`flwr run`, pyproject's [tool.flwr.app.components]): KnowledgeClient over the
+# run config, with the data named by the SuperNode's --node-config (fedkt.deploy.client_cfg).
+app = ClientApp(client_fn=_deployed_client_fn)

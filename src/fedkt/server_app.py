@@ -25,3 +25,15 @@ def make_server_app(cfg: dict, num_classes: int, on_round=None, holder: dict | N
         return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=rounds_left, round_timeout=timeout))
 
     return ServerApp(server_fn=server_fn)
+
+
+# The deployed ServerApp (`flwr run`, pyproject's [tool.flwr.app.components]): the same ServerApp as the
+# simulation's, configured by the run config, recording into output_dir (fedkt.deploy).
+app = ServerApp()
+
+
+@app.main()
+def main(grid, context: Context) -> None:
+    from fedkt.deploy import run_server
+
+    run_server(grid, context)

@@ -1,0 +1,246 @@
+"""Real deployment (docs/deploy.md): the app's configuration, and `flwr run` on a SuperLink with three
+SuperNodes as real processes on 127.0.0.1, plain, with TLS and SuperNode authentication, and with a
+SuperNode killed mid-run.
+
+Every process is started through tests/deploy_harness.py, bounded in time and stopped at the end (by an
+environment tag, so also what Flower's SuperExec spawned in its own session), pass or fail.
+"""
+
+import io
+import json
+import tomllib
+import zipfile
+
+import httpx
+import numpy as np
+import pytest
+
+from deploy_harness import REPO, Federation, Processes, wait_for
+from fedkt.config import ConfigError, flatten
+from fedkt.deploy import DEPLOY_ONLY_KEYS, cfg_from_run_config, client_cfg, main, run_config_overrides
+
+TINY = {  # three LeNet clients on generated data, two rounds: what a deployment test can afford
+    "num_clients": 3, "num_rounds": 2, "model.architectures": "lenet", "data.public_size": 200,
+    "data.samples_per_client": 120, "algorithm.align_size": 64, "client.batch_size": 32,
+}
+RUN_SECONDS = 300  # bound on one `flwr run` (two rounds take about 70 s on 2 busy cores)
+
+
+def app_config() -> dict:
+    with open(REPO / "pyproject.toml", "rb") as handle:
+        return flatten(tomllib.load(handle)["tool"]["flwr"]["app"]["config"])
+
+
+# -- the app's configuration (fast) ------------------------------------------------------------------
+
+def test_app_config_is_the_hydra_default_key_by_key():
+    """[tool.flwr.app.config] holds what `python -m fedkt.sim` runs with when given no overrides:
+    conf/config.yaml with its default groups (ktpfl, type1 and the `quick` preset), so that `flwr run`
+    and the simulation start from the same experiment; plus the keys only `flwr run` reads."""
+    hydra = run_config_overrides([])
+    app = app_config()
+    deploy_only = set(DEPLOY_ONLY_KEYS) - set(hydra)
+    assert set(app) == set(hydra) | deploy_only, (
+        f"only in pyproject: {sorted(set(app) - set(hydra) - deploy_only)}; "
+        f"only in conf/: {sorted(set(hydra) - set(app))}")
+    differ = {key: (app[key], hydra[key]) for key in hydra
+              if app[key] != hydra[key] or type(app[key]) is not type(hydra[key])}
+    assert not differ, f"pyproject value != conf/ value: {differ}"
+    assert app["output_dir"] == "outputs/deploy"
+
+
+def test_run_config_file_for_any_preset_is_accepted_by_the_app(tmp_path, capsys):
+    """`python -m fedkt.deploy run-config experiment=smoke` prints a TOML file for `flwr run --run-config`;
+    every key in it must exist in [tool.flwr.app.config] (Flower refuses unknown keys)."""
+    assert main(["run-config", "experiment=smoke", "algorithm=fedmd"]) == 0
+    written = tomllib.loads(capsys.readouterr().out)
+    assert set(written) <= set(app_config())
+    assert written["algorithm.name"] == "fedmd" and written["data.name"] == "synthetic"
+    assert written["num_clients"] == 4
+
+
+def test_fab_holds_the_code_and_config_only():
+    """The app bundle `flwr run` uploads: source and configuration, never data, outputs, certificates,
+    .venv or tests; far below Flower's 10 MB cap."""
+    from flwr.cli.build import build_fab_from_disk
+
+    fab = build_fab_from_disk(REPO)
+    names = zipfile.ZipFile(io.BytesIO(fab)).namelist()
+    assert len(fab) < 1_000_000
+    assert "src/fedkt/server_app.py" in names and "src/fedkt/deploy.py" in names
+    assert "conf/config.yaml" in names and "pyproject.toml" in names
+    allowed = ("src/fedkt/", "conf/", ".info/")
+    assert all(name.startswith(allowed) or name in ("pyproject.toml", "README.md") for name in names), names
+
+
+def test_server_config_from_run_config():
+    cfg = cfg_from_run_config(app_config())
+    assert cfg["client"]["lr"] == 0.02 and cfg["data"]["num_classes"] == 10
+    with pytest.raises(ConfigError, match="client.lr"):
+        cfg_from_run_config({**app_config(), "client.lr": -1.0})
+    with pytest.raises(ConfigError, match="data.num_classes"):
+        cfg_from_run_config({**app_config(), "data.num_classes": 1})
+    with pytest.raises(ConfigError, match="resume"):
+        cfg_from_run_config({**app_config(), "resume": "outputs/runs/x"})
+
+
+def test_client_config_from_node_config(tmp_path):
+    """A SuperNode's --node-config names its data (a site's own image folder) and where its state lives."""
+    run = {**app_config(), "num_clients": 3, "model.architectures": "lenet,alexnet,resnet18"}
+    node = {"partition-id": 2, "num-partitions": 3, "data-root": str(tmp_path / "site"),
+            "data-name": "imagefolder", "state-dir": str(tmp_path / "state")}
+    cfg = client_cfg(run, node, run_id=7)
+    assert cfg["data"]["root"] == str(tmp_path / "site") and cfg["data"]["name"] == "imagefolder"
+    assert cfg["run_dir"] == str(tmp_path / "state" / "run_7")
+    assert cfg["num_clients"] == 3 and cfg["client"]["lr"] == 0.02
+    with pytest.raises(ConfigError, match="num-partitions=4.*num_clients=3"):
+        client_cfg(run, {**node, "num-partitions": 4}, run_id=7)
+    with pytest.raises(ConfigError, match="partition-id"):
+        client_cfg(run, {"num-partitions": 3}, run_id=7)
+    with pytest.raises(ConfigError, match="partition-id=3"):
+        client_cfg(run, {**node, "partition-id": 3}, run_id=7)
+    with pytest.raises(ConfigError, match="data.name"):
+        client_cfg(run, {**node, "data-name": "mnist"}, run_id=7)
+
+
+# -- real processes ------------------------------------------------------------------------------------
+
+def run_dirs(out):
+    return sorted(p for p in out.iterdir() if p.is_dir()) if out.exists() else []
+
+
+def check_complete_run(out, state_root, output: str):
+    """Three clients, two rounds, c of shape 3 x 3 moved from 1/3, the same files as a simulation run."""
+    (run,) = run_dirs(out)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed", summary
+    assert summary["rounds_completed"] == 2 and summary["num_clients"] == 3
+    assert set(summary["final_client_test_acc"]) == {"0", "1", "2"}
+    assert all(0.0 <= acc <= 1.0 for acc in summary["final_client_test_acc"].values())
+    rows = json.loads((run / "metrics.json").read_text())
+    assert [r["round"] for r in rows] == [1, 2]
+    assert all(r["eval_clients"] == 3 and r["fit_clients"] == 3 and r["missing_clients"] == "" for r in rows)
+    assert rows[1]["bytes_down"] > 0  # round 2 sent personalised targets
+    assert len((run / "clients.csv").read_text().splitlines()) == 1 + 2 * 3
+    c = np.load(run / "coefficients.npy")
+    assert c.shape == (2, 3, 3)
+    np.testing.assert_allclose(c.sum(axis=2), 1.0, atol=1e-5)
+    assert np.abs(c[-1] - 1 / 3).max() > 1e-3, c[-1]  # c moved from 1/N
+    config = json.loads((run / "config.json").read_text())
+    assert config["num_clients"] == 3 and config["data"]["num_classes"] == 10
+    assert (run / "checkpoint.pkl").exists() and (run / "accuracy.png").exists()
+    assert "round 2/2 | mean test acc" in output  # our progress line, streamed by `flwr run --stream`
+    run_id = run.name.rsplit("_run", 1)[1]
+    for i in range(3):  # each SuperNode kept its client's state where its --node-config said
+        assert (state_root / f"node{i}" / f"run_{run_id}" / "clients" / f"client_{i:04d}" / "round_0002.pt").exists()
+    return run
+
+
+def node_config(tmp_path, **extra):
+    return lambda i: {"state-dir": str(tmp_path / "state" / f"node{i}"), **extra}
+
+
+def test_deployment_three_supernodes(tmp_path):
+    """SuperLink + three SuperNodes (insecure: local trial), two rounds of KT-pFL through `flwr run`.
+    The run config keeps data.name=cifar10: each node's --node-config data-name=synthetic must win."""
+    out = tmp_path / "out"
+    procs = Processes(tmp_path / "logs", env={"FEDKT_CACHE": str(tmp_path / "cache")})
+    try:
+        fed = Federation(procs, tmp_path, 3, node_config=node_config(tmp_path, **{"data-name": "synthetic"}))
+        fed.start(timeout=RUN_SECONDS + 120)
+        done = fed.flwr_run({**TINY, "round_timeout": 120, "output_dir": str(out)}, timeout=RUN_SECONDS)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + procs.logs()
+        check_complete_run(out, tmp_path / "state", done.stdout + done.stderr)
+        # a run config that cannot work stops the ServerApp at once, saying which key and why
+        # (`flwr run` itself exits 0 whatever the ServerApp does; the stream shows the error)
+        done = fed.flwr_run({**TINY, "client.lr": -1.0, "output_dir": str(out)}, timeout=120)
+        assert "client.lr=-1.0 must be a number > 0" in done.stdout + done.stderr
+        assert len(run_dirs(out)) == 1  # no run directory for it
+    except BaseException:
+        print(procs.logs())
+        raise
+    finally:
+        procs.stop_all()
+    assert procs.leftovers() == []
+
+
+def test_deployment_with_tls_and_supernode_auth(tmp_path):
+    """The same over TLS (certificates from scripts/make_certificates.sh) with SuperNode authentication:
+    the three registered SuperNodes run; a fourth with an unregistered key is refused."""
+    out = tmp_path / "out"
+    procs = Processes(tmp_path / "logs", env={"FEDKT_CACHE": str(tmp_path / "cache")})
+    try:
+        fed = Federation(procs, tmp_path, 3, tls=True, auth=True, node_config=node_config(tmp_path))
+        fed.start(timeout=RUN_SECONDS + 120)
+        for name in ("ca.crt", "ca.key", "server.pem", "server.key", "supernode_0", "supernode_0.pub"):
+            assert (fed.certs / name).exists(), name
+        # TLS is on: HTTPS with our CA answers, plain HTTP does not
+        assert httpx.get(f"https://127.0.0.1:{fed.port}/health", verify=str(fed.certs / "ca.crt"),
+                         timeout=10).is_success
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{fed.port}/health", timeout=10)
+        # an intruder: a valid key pair the SuperLink never registered
+        done = procs.run("keygen", ["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f",
+                                    tmp_path / "intruder"], timeout=30)
+        assert done.returncode == 0, done.stderr
+        intruder = procs.start("intruder", fed.node_command(0, key=tmp_path / "intruder"), timeout=120,
+                               env=fed.env)
+        done = fed.flwr_run({**TINY, "data.name": "synthetic", "round_timeout": 120, "output_dir": str(out)},
+                            timeout=RUN_SECONDS)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + procs.logs()
+        check_complete_run(out, tmp_path / "state", done.stdout + done.stderr)
+        wait_for(lambda: intruder.poll() is not None, 60, "the unregistered SuperNode to be refused")
+        assert intruder.returncode != 0
+        assert "Failed to initialize the connection" in procs.log("intruder").read_text()
+    except BaseException:
+        print(procs.logs())
+        raise
+    finally:
+        procs.stop_all()
+    assert procs.leftovers() == []
+
+
+def test_lost_supernode_run_finishes_with_the_others(tmp_path):
+    """A SuperNode killed (SIGKILL, with everything it started) after round 1: round 2 waits at most
+    round_timeout for it (fit, then evaluate), goes on with the other two, records the absence, and the
+    run completes; nothing hangs."""
+    out = tmp_path / "out"
+    round_timeout = 40
+    procs = Processes(tmp_path / "logs", env={"FEDKT_CACHE": str(tmp_path / "cache")})
+    try:
+        fed = Federation(procs, tmp_path, 3, node_config=node_config(tmp_path))
+        fed.start(timeout=RUN_SECONDS + 120)
+        run = procs.start("flwr-run", fed.flwr_run_command(
+            {**TINY, "data.name": "synthetic", "round_timeout": round_timeout, "output_dir": str(out)}),
+            timeout=RUN_SECONDS, env=fed.env)
+
+        def round_one_done():
+            dirs = run_dirs(out)
+            if run.poll() is not None:
+                raise AssertionError(f"flwr run ended early with {run.returncode}\n{procs.logs()}")
+            return dirs and (dirs[0] / "metrics.json").exists() and \
+                len(json.loads((dirs[0] / "metrics.json").read_text())) >= 1
+
+        wait_for(round_one_done, RUN_SECONDS, "round 1")
+        procs.stop("supernode-2", sig_kill_first=True)
+        wait_for(lambda: run.poll() is not None, 2 * round_timeout + 120, "the run to end after the node loss")
+        output = procs.log("flwr-run").read_text()
+        assert run.returncode == 0, output[-3000:] + procs.logs()
+        (run_dir,) = run_dirs(out)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["rounds_completed"] == 2, summary
+        assert set(summary["final_client_test_acc"]) == {"0", "1"}
+        rows = json.loads((run_dir / "metrics.json").read_text())
+        assert rows[0]["eval_clients"] == 3 and rows[0]["missing_clients"] == ""
+        assert rows[1]["eval_clients"] == 2 and rows[1]["missing_clients"] == "2"
+        assert rows[1]["fit_clients"] == 2 and rows[1]["fit_failures"] >= 1
+        assert rows[1]["seconds"] < 2 * round_timeout + 60  # bounded by the round timeout, fit + evaluate
+        c = np.load(run_dir / "coefficients.npy")
+        assert c.shape == (2, 3, 3)
+        assert "no result from client(s) 2" in output
+    except BaseException:
+        print(procs.logs())
+        raise
+    finally:
+        procs.stop_all()
+    assert procs.leftovers() == []

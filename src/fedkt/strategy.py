@@ -86,7 +86,7 @@ class KnowledgeTransfer(Strategy):
         server_round += self.round_offset
         self._round = {"round": server_round, "start": time.time(), "bytes_down": 0}
         self._clients = {}
-        client_manager.wait_for(self.num_clients, timeout=60)
+        client_manager.wait_for(self.num_clients, timeout=float(get(self.cfg, "round_timeout")) or 60)
         proxies = list(client_manager.all().values())
         self._live = {proxy.cid for proxy in proxies}
         if self.targets:

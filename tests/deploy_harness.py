@@ -27,6 +27,20 @@ QUIET_ENV = {"FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_TELEMETRY_ENABLED": "0", "R
              "PYTHONUNBUFFERED": "1"}
 
 
+def app_copy(dest: Path) -> Path:
+    """The Flower app's files (what its bundle holds) copied to DEST/fedkt: Flower requires the app's
+    folder name to be a valid app name, and a checkout's folder (CI's clone, say) may be named anything."""
+    import shutil
+
+    app = Path(dest) / "fedkt"
+    if not app.exists():
+        shutil.copytree(REPO / "src" / "fedkt", app / "src" / "fedkt", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(REPO / "conf", app / "conf")
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy(REPO / name, app / name)
+    return app
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -253,8 +267,8 @@ class Federation:
 
     def flwr_run_command(self, run_config: dict) -> list:
         text = " ".join(f"{k}={toml_value(v)}" for k, v in run_config.items())
-        return [BIN / "flwr", "run", REPO, self.connection, "--stream", "--run-config", text]
+        return [BIN / "flwr", "run", app_copy(self.workdir), self.connection, "--stream", "--run-config", text]
 
     def flwr_run(self, run_config: dict, timeout: float) -> subprocess.CompletedProcess:
-        """`flwr run REPO <connection> --stream --run-config ...` to its end (at most `timeout` s)."""
+        """`flwr run APP <connection> --stream --run-config ...` to its end (at most `timeout` s)."""
         return self.procs.run("flwr-run", self.flwr_run_command(run_config), timeout=timeout, env=self.env)

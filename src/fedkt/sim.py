@@ -40,8 +40,8 @@ class _DropRunSimulationDeprecation(logging.Filter):
 
 def configure_logging(verbose: bool) -> None:
     log.setLevel(logging.INFO)
-    if not log.handlers and not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+    if not log.handlers and not logging.getLogger().handlers:  # called outside Hydra (scripts, tests)
+        logging.basicConfig(level=logging.WARNING, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
     if not any(isinstance(f, _DropRunSimulationDeprecation) for f in flwr_logger.filters):

@@ -14,7 +14,6 @@ import argparse
 import platform
 import time
 
-import numpy as np
 import torch
 
 from fedkt.core import KnowledgeCoefficients, update_reference

@@ -237,7 +237,7 @@ def test_lost_supernode_run_finishes_with_the_others(tmp_path):
         assert rows[1]["seconds"] < 2 * round_timeout + 60  # bounded by the round timeout, fit + evaluate
         c = np.load(run_dir / "coefficients.npy")
         assert c.shape == (2, 3, 3)
-        assert "no result from client(s) 2" in output
+        assert "no test result from client(s) 2" in output
     except BaseException:
         print(procs.logs())
         raise

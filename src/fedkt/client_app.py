@@ -119,7 +119,7 @@ class KnowledgeClient(NumPyClient):
         rnd = int(config["round"])
         self.faults.before_fit(self.partition_id, rnd)
         self._setup(max_round=rnd - 1)
-        c, algo = self.cfg["client"], self.cfg["algorithm"]
+        c = self.cfg["client"]
         seed = int(self.cfg["seed"]) * 1_000_003 + self.partition_id * 1_009 + rnd
         metrics = {"partition_id": self.partition_id, "architecture": self.architecture}
         if self.rounds_done == 0:

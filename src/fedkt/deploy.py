@@ -99,58 +99,23 @@ def make_run_dir(cfg: dict, run_id: int) -> Path:
 
 
 def run_server(grid, context) -> dict:
-    """What the deployed ServerApp does: the simulation's ServerApp over the run config, recording every
-    round into a new run directory (metrics, c, checkpoint, summary, figures), and the run's end."""
-    from fedkt.server_app import make_server_app
+    """What the deployed ServerApp does: the simulation's ServerApp over the run config, on the SuperLink's
+    grid, recording every round into a new run directory (the same files as a simulation run)."""
+    from fedkt.server_app import run_and_record
 
     cfg = cfg_from_run_config(context.run_config)
     configure_logging(bool(get(cfg, "logging.verbose")))
     run_dir = make_run_dir(cfg, context.run_id)
     cfg = dict(cfg, run_dir=str(run_dir))
     dump_json(run_dir / "config.json", cfg)
-    recorder = RunRecorder(run_dir, cfg)
-    holder: dict = {}
-    n = int(cfg["num_clients"])
-
-    def on_round(record, rows, c):
-        answered = {row["partition_id"] for row in rows if "test_acc" in row}
-        missing = [p for p in range(n) if p not in answered]
-        record["missing_clients"] = " ".join(map(str, missing))  # a column of metrics.csv / metrics.json
-        if missing:
-            nodes = {p: node for node, p in holder["strategy"].node_to_partition.items()}
-            names = ", ".join(f"{p} (SuperNode {nodes[p]})" if p in nodes else str(p) for p in missing)
-            log.warning("round %d: no result from client(s) %s: node lost, failed, or past round_timeout=%s s; "
-                        "the round went on without it", record["round"], names, get(cfg, "round_timeout"))
-        recorder(record, rows, c)
-        recorder.save_checkpoint(holder["strategy"].state_dict())
-
     log.info("%s on %s, %d clients, %d rounds -> %s", get(cfg, "algorithm.name"), get(cfg, "partition.scheme"),
-             n, cfg["num_rounds"], run_dir)
-    server_app = make_server_app(cfg, num_classes=int(get(cfg, "data.num_classes")), on_round=on_round,
-                                 holder=holder)
+             cfg["num_clients"], cfg["num_rounds"], run_dir)
     try:
-        server_app(grid, context)
-    except BaseException as error:  # keep what the finished rounds wrote, and say why it stopped
-        recorder.finish("failed", f"{type(error).__name__}: {error}")
-        write_figures(run_dir)
+        return run_and_record(cfg, run_dir, int(get(cfg, "data.num_classes")), RunRecorder(run_dir, cfg),
+                              lambda server_app: server_app(grid, context))
+    except BaseException as error:
         log.error("the run stopped: %s; results so far in %s", error, run_dir)
         raise
-    done = len(recorder.rounds) == int(cfg["num_rounds"])
-    summary = recorder.finish("completed" if done else "incomplete")
-    write_figures(run_dir)
-    log.info("final mean test accuracy %s after %d rounds, %.0f s; results in %s",
-             "n/a" if summary["final_mean_test_acc"] is None else f"{summary['final_mean_test_acc']:.4f}",
-             summary["rounds_completed"], summary["wall_seconds"], run_dir)
-    return summary
-
-
-def write_figures(run_dir: Path) -> None:
-    from fedkt.plots import write_run_figures
-
-    try:
-        write_run_figures(run_dir)
-    except Exception as error:  # figures never fail a run
-        log.warning("could not draw the figures of %s: %s", run_dir, error)
 
 
 def configure_logging(verbose: bool) -> None:

@@ -23,7 +23,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedkt.config import ConfigError, client_architectures, get, gpus_per_client, validate
 from fedkt.data import DataError
-from fedkt.plots import write_run_figures
 from fedkt.results import RunRecorder, dump_json
 from fedkt.strategy import FederationError
 from fedkt.task import load_federation
@@ -107,41 +106,21 @@ def _federate(cfg: dict, run_dir: Path, num_classes: int, recorder: RunRecorder,
     from flwr.simulation import run_simulation
 
     from fedkt.client_app import make_client_app
-    from fedkt.server_app import make_server_app
+    from fedkt.server_app import run_and_record
 
     archs = client_architectures(cfg)
     log.info("%s on %s, %d clients (%s), %d rounds -> %s", cfg["algorithm"]["name"], cfg["partition"]["scheme"],
              cfg["num_clients"], _count(archs), cfg["num_rounds"], run_dir)
-    holder: dict = {}
 
-    def on_round(record, rows, c):
-        recorder(record, rows, c)
-        recorder.save_checkpoint(holder["strategy"].state_dict())
+    def launch(server_app):
+        run_simulation(server_app=server_app, client_app=make_client_app(cfg), num_supernodes=int(cfg["num_clients"]),
+                       backend_config=backend_config(cfg), verbose_logging=bool(get(cfg, "logging.verbose")))
 
-    server_app = make_server_app(cfg, num_classes=num_classes, on_round=on_round, holder=holder, state=state)
-    if len(recorder.rounds) < int(cfg["num_rounds"]):
-        try:
-            run_simulation(server_app=server_app, client_app=make_client_app(cfg),
-                           num_supernodes=int(cfg["num_clients"]), backend_config=backend_config(cfg),
-                           verbose_logging=bool(get(cfg, "logging.verbose")))
-        except BaseException as error:  # keep what the finished rounds wrote, and say why it stopped
-            recorder.finish("failed", f"{type(error).__name__}: {error}")
-            write_run_figures(run_dir)
-            raise
-    done = len(recorder.rounds) == int(cfg["num_rounds"])
-    summary = recorder.finish("completed" if done else "incomplete")
-    write_run_figures(run_dir)
-    log.info("final mean test accuracy %s after %d rounds, %.0f s; results in %s",
-             _fmt(summary["final_mean_test_acc"]), summary["rounds_completed"], summary["wall_seconds"], run_dir)
-    return summary
+    return run_and_record(cfg, run_dir, num_classes, recorder, launch, state)
 
 
 def _count(archs: list[str]) -> str:
     return ", ".join(f"{archs.count(a)} {a}" for a in dict.fromkeys(archs))
-
-
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 @hydra.main(config_path="../../conf", config_name="config", version_base=None)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedkt.config import get
 from fedkt.data import ImageData, load_dataset, normalize
 from fedkt.partition import Partition, make_partition
 

@@ -137,7 +137,10 @@ class Processes:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.tag = uuid.uuid4().hex
-        self.env = {**os.environ, **QUIET_ENV, **(env or {})}
+        # Flower's processes start others by name (flower-superexec, ...): the venv's bin must lead PATH
+        # even when the tests run as `.venv/bin/python -m pytest` without an activated venv (CI).
+        path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+        self.env = {**os.environ, **QUIET_ENV, "PATH": path, **(env or {})}
         self.procs: dict[str, subprocess.Popen] = {}
 
     def log(self, name: str) -> Path:

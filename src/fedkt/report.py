@@ -47,7 +47,7 @@ import numpy as np
 
 from fedkt.plots import (human_bytes, natural_key, new_figure, read_json, save_figure, to_float,
                          write_run_figures)
-from fedkt.results import write_atomic
+from fedkt.results import format_duration, write_atomic
 
 log = logging.getLogger("fedkt")
 
@@ -324,14 +324,7 @@ def _acc(value) -> str:
 
 def _duration(seconds) -> str:
     seconds = to_float(seconds)
-    if not math.isfinite(seconds):
-        return _MISSING
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    return format_duration(seconds) if math.isfinite(seconds) else _MISSING
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:

@@ -117,7 +117,7 @@ class RunRecorder:
                 f"(min {record['min_test_acc']:.3f}, max {record['max_test_acc']:.3f}) | "
                 f"clients {record['eval_clients']}/{self.cfg['num_clients']}, failures "
                 f"{record.get('fit_failures', 0) + record.get('eval_failures', 0)}, rejected {record.get('rejected', 0)} | "
-                f"{record['seconds']:.1f} s | about {_duration(left)} left")
+                f"{record['seconds']:.1f} s | about {format_duration(left)} left")
 
     def finish(self, status: str, error: str = "") -> dict:
         self.status, self.error = status, error
@@ -147,7 +147,8 @@ class RunRecorder:
         return summary
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """12 s, 3 min 05 s, 1 h 02 min."""
     seconds = int(round(seconds))
     if seconds < 60:
         return f"{seconds} s"

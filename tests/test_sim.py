@@ -91,10 +91,14 @@ def test_validate_names_the_key(override, key, monkeypatch):
 
 
 def test_default_and_presets_validate():
-    for preset in ("quick", "smoke", "paper_type1", "paper_type2"):
+    for preset in ("quick", "smoke", "paper_type1", "paper_type2", "paper_cpu"):
         for algorithm in ("ktpfl", "fedmd", "local"):
             validate(compose([f"experiment={preset}", f"algorithm={algorithm}"]))
     assert compose(["experiment=paper_type2"])["partition"]["scheme"] == "type2"
+    # paper_cpu leaves the partition to the command line
+    shrunk = compose(["experiment=paper_cpu", "partition=type2"])
+    assert shrunk["partition"]["scheme"] == "type2"
+    assert (shrunk["model"]["stem"], shrunk["algorithm"]["align_size"], shrunk["num_rounds"]) == ("imagenet", 1000, 20)
 
 
 def test_architectures_as_list_or_string_in_blocks():

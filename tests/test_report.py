@@ -135,6 +135,15 @@ def test_report_numbers(sweep, tmp_path):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[2] == "2"
         assert cells[3] == f"{finals.mean():.4f}" and cells[4] == f"{finals.std(ddof=1):.4f}"
+    for g in data["groups"]:  # per architecture: each client's final accuracy, through model.architectures
+        summaries = [json.loads((sweep / run / "summary.json").read_text()) for run in g["runs"]]
+        assert list(g["architecture_means"]) == ARCHS
+        for pid, arch in enumerate(ARCHS):
+            expected = np.mean([s["final_client_test_acc"][str(pid)] for s in summaries])
+            assert g["architecture_means"][arch] == pytest.approx(expected, abs=1e-12)
+    per_arch = md.split("### Per architecture")[1].split("##")[0]
+    assert "| partition | algorithm | n | lenet | alexnet | resnet18 | shufflenetv2 |" in per_arch
+    assert len([ln for ln in per_arch.splitlines() if ln.startswith("| type")]) == len(groups)
     failed = [r for r in data["runs"] if r["status"] == "failed"]
     assert len(failed) == 1 and not failed[0]["included"] and failed[0]["rounds_completed"] == 2
     assert "8_fedmd_type1_s0" in md and "**failed**" in md and "ran out of memory" in md

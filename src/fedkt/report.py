@@ -12,6 +12,7 @@ report.md holds:
   devices, resources, logging); e.g. `model.norm=batch, client.lr_policy=plateau`. A key that only some runs have
   (added to the config between runs) counts only if it takes two values; runs without it show "—". Only
   completed runs count;
+- the same table per architecture: each architecture's clients' mean final test accuracy, mean over seeds;
 - one curve figure per partition (curves_<partition>.png): mean test accuracy per round of each algorithm
   (and setting), mean over seeds with a +-1 sample-std band; runs that did not complete are drawn dotted;
 - the runs table: one row per run with its status, rounds, final accuracy, wall time and bytes;
@@ -45,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedkt.config import client_architectures
 from fedkt.plots import (human_bytes, natural_key, new_figure, read_json, save_figure, to_float,
                          write_run_figures)
 from fedkt.results import format_duration, write_atomic
@@ -111,6 +113,23 @@ class Run:
         return self.status == "completed" and math.isfinite(self.final)
 
     @property
+    def architecture_finals(self) -> dict[str, float]:
+        """Final test accuracy per architecture: the mean over that architecture's clients (their partition ids
+        mapped through the run's model.architectures); {} when the run's config or summary lacks them."""
+        accs = self.summary.get("final_client_test_acc")
+        if not isinstance(accs, dict) or not accs:
+            return {}
+        try:
+            archs = client_architectures(self.config)
+        except Exception:  # an old or hand-written config: no per-architecture figures, not an error
+            return {}
+        by_arch: dict[str, list[float]] = {}
+        for pid, acc in accs.items():
+            if str(pid).isdigit() and int(pid) < len(archs) and math.isfinite(to_float(acc)):
+                by_arch.setdefault(archs[int(pid)], []).append(to_float(acc))
+        return {arch: float(np.mean(v)) for arch, v in by_arch.items()}
+
+    @property
     def rounds(self) -> str:
         return f"{self.summary.get('rounds_completed', '?')}/{self.summary.get('num_rounds', '?')}"
 
@@ -142,6 +161,11 @@ class Group:
     def best_mean(self) -> float:
         best = np.array([r.best for r in self.runs])
         return float(np.mean(best)) if np.isfinite(best).all() else math.nan
+
+    def architecture_mean(self, arch: str) -> float:
+        """Mean over seeds of the architecture's final accuracy; NaN unless every run has it."""
+        values = [r.architecture_finals.get(arch, math.nan) for r in self.runs]
+        return float(np.mean(values)) if values and np.isfinite(values).all() else math.nan
 
 
 @dataclass
@@ -344,6 +368,20 @@ def mean_table(groups: list[Group], with_setting: bool) -> list[str]:
     return _table(header, rows)
 
 
+def architecture_table(groups: list[Group], with_setting: bool) -> list[str]:
+    """Final test accuracy per architecture (columns in the order the runs name them), mean over seeds."""
+    archs: list[str] = []
+    for g in groups:
+        for r in g.runs:
+            archs += [a for a in r.architecture_finals if a not in archs]
+    if not archs:
+        return []
+    header = ["partition", "algorithm"] + (["setting"] if with_setting else []) + ["n"] + archs
+    rows = [[g.partition, g.algorithm] + ([g.setting or "(default)"] if with_setting else []) + [g.n]
+            + [_acc(g.architecture_mean(a)) for a in archs] for g in groups]
+    return _table(header, rows)
+
+
 def runs_table(runs: list[Run], with_setting: bool) -> list[str]:
     header = ["run", "algorithm", "partition", "seed"] + (["setting"] if with_setting else []) + [
         "status", "rounds", "final acc", "wall time", "bytes up", "bytes down"]
@@ -393,6 +431,11 @@ def render_markdown(report: Report, paths) -> str:
         lines += ["All runs share one configuration apart from seed, algorithm and partition (keys that only "
                   "some runs have, with one value, and paths, devices and resources are not compared).", ""]
     lines += mean_table(groups, with_setting) if groups else ["No completed run."]
+    per_arch = architecture_table(groups, with_setting)
+    if per_arch:
+        lines += ["", "### Per architecture", "",
+                  "Final test accuracy of each architecture's clients: their mean within a run, then the mean "
+                  "over the group's seeds.", ""] + per_arch
     lines += ["", "## Runs left out", ""] + excluded_lines(runs)
     curves = [f for f in report.figures if f.name.startswith("curves_")]
     if curves:
@@ -416,7 +459,9 @@ def report_json(report: Report) -> dict:
         "groups": [{"partition": g.partition, "algorithm": g.algorithm, "setting": g.setting, "n": g.n,
                     "seeds": [r.seed for r in g.runs], "final_mean": number(g.mean),
                     "final_std": number(g.std) if g.std is not None else None, "best_mean": number(g.best_mean),
-                    "finals": [number(r.final) for r in g.runs], "runs": [r.label for r in g.runs]}
+                    "finals": [number(r.final) for r in g.runs], "runs": [r.label for r in g.runs],
+                    "architecture_means": {a: number(g.architecture_mean(a))
+                                           for a in dict.fromkeys(a for r in g.runs for a in r.architecture_finals)}}
                    for g in report.groups],
         "runs": [{"run": r.label, "path": str(r.path), "algorithm": r.algorithm, "partition": r.partition,
                   "seed": r.seed, "setting": r.setting, "status": r.status, "error": r.error,

@@ -98,7 +98,7 @@ def test_default_and_presets_validate():
     # paper_cpu leaves the partition to the command line
     shrunk = compose(["experiment=paper_cpu", "partition=type2"])
     assert shrunk["partition"]["scheme"] == "type2"
-    assert (shrunk["model"]["stem"], shrunk["algorithm"]["align_size"], shrunk["num_rounds"]) == ("imagenet", 1000, 20)
+    assert (shrunk["model"]["stem"], shrunk["algorithm"]["align_size"], shrunk["num_rounds"]) == ("imagenet", 500, 20)
 
 
 def test_architectures_as_list_or_string_in_blocks():

@@ -10,6 +10,7 @@ from fedkt.core import (
     check_predictions,
     fedmd_consensus,
     project_simplex,
+    restrict_targets,
     soft_predictions,
     update_reference,
 )
@@ -302,3 +303,20 @@ def test_bad_arguments_raise():
         kc.update(np.ones((3, 5, 2)) / 2)  # wrong number of clients
     with pytest.raises(ValueError):
         kc.update(np.ones((4, 5, 2)) / 2, present=np.zeros(4, bool))
+
+
+def test_restrict_targets_keeps_own_classes_renormalised():
+    targets = np.array([[0.1, 0.2, 0.3, 0.4],
+                        [0.5, 0.0, 0.0, 0.5],
+                        [0.0, 0.0, 0.2, 0.8]], dtype=np.float32)
+    out = restrict_targets(targets, [1, 2])
+    assert out.dtype == np.float32 and out.shape == (3, 4)
+    np.testing.assert_allclose(out[0], [0, 0.4, 0.6, 0])
+    np.testing.assert_allclose(out[1], [0, 0.5, 0.5, 0])  # no mass on the client's classes: uniform over them
+    np.testing.assert_allclose(out[2], [0, 0, 1, 0])
+    np.testing.assert_allclose(out.sum(1), 1, atol=1e-6)
+    t = torch.tensor(targets, dtype=torch.float64)
+    assert torch.allclose(restrict_targets(t, np.arange(4)), t)  # every class: unchanged
+    for bad in ([], [4], [-1]):
+        with pytest.raises(ValueError, match="classes"):
+            restrict_targets(targets, bad)

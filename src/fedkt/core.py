@@ -298,6 +298,26 @@ def update_reference(c, probs, present=None, rho=0.7, objective="kl", step_size=
     return c
 
 
+def restrict_targets(targets, classes):
+    """A client's own view of a soft target (M, C): only the mass on `classes` (the classes of its own
+    private data), each row renormalised to sum to 1; a row with no mass there becomes uniform over them.
+    The server never sees `classes`: this runs on the client (algorithm.target_classes=local)."""
+    T, was_numpy = _as_tensor(targets)
+    if T.ndim != 2:
+        raise ValueError(f"targets must be (M, C), got {tuple(T.shape)}")
+    idx = torch.as_tensor(np.asarray(classes, dtype=np.int64).reshape(-1))
+    if idx.numel() == 0:
+        raise ValueError("classes is empty: a client needs at least one class of its own")
+    if idx.min() < 0 or idx.max() >= T.shape[1]:
+        raise ValueError(f"classes must lie in [0, {T.shape[1]}), got {idx.tolist()}")
+    keep = torch.zeros(T.shape[1], dtype=torch.bool)
+    keep[idx] = True
+    masked = torch.where(keep, T, torch.zeros((), dtype=T.dtype))
+    mass = masked.sum(1, keepdim=True)
+    uniform = keep.to(T.dtype) / keep.sum()
+    return _out(torch.where(mass > 0, masked / mass.clamp_min(1e-30), uniform), was_numpy)
+
+
 # -----------------------------------------------------------------------------
 # FedMD and upload validation
 

@@ -134,3 +134,18 @@ def test_resume_refuses_in_memory_client_state(tmp_path):
         resume(tmp_path)
     with pytest.raises(ConfigError, match="no config.json"):
         resume(tmp_path / "nowhere")
+
+
+def test_resume_fills_settings_added_after_the_run_with_their_defaults(tmp_path, caplog):
+    from fedkt.config import compose
+    from fedkt.results import dump_json
+    from fedkt.sim import load_run_config
+
+    cfg = dict(compose(["experiment=smoke", "algorithm.rho=0.3"]), run_dir=str(tmp_path))
+    del cfg["algorithm"]["target_classes"]  # as recorded by a version without the key
+    dump_json(tmp_path / "config.json", cfg)
+    with caplog.at_level("WARNING", logger="fedkt"):
+        loaded = load_run_config(tmp_path)
+    assert loaded["algorithm"]["target_classes"] == "all"
+    assert loaded["algorithm"]["rho"] == 0.3 and loaded["num_rounds"] == 2  # the run's own values stay
+    assert "algorithm.target_classes=all" in caplog.text

@@ -182,6 +182,15 @@ def _is_number(value) -> bool:
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # the repository's conf/ (editable install)
 
 
+def base_defaults() -> dict:
+    """conf/config.yaml's own values (no config group applied, no Hydra section): every key and its default.
+    Unlike compose(), safe to call inside a running Hydra app."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml"), resolve=False)
+    return {k: v for k, v in cfg.items() if k not in ("defaults", "hydra")}
+
+
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """The config `python -m fedkt.sim OVERRIDES...` would run with, as a plain dict (for tests and tools)."""
     from hydra import compose as hydra_compose

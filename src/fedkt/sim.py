@@ -21,7 +21,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from fedkt.config import ConfigError, client_architectures, get, gpus_per_client, validate
+from fedkt.config import (ConfigError, base_defaults, client_architectures, flatten, get, gpus_per_client, unflatten,
+                          validate)
 from fedkt.data import DataError
 from fedkt.results import RunRecorder, dump_json
 from fedkt.strategy import FederationError
@@ -82,14 +83,26 @@ def run(cfg: dict, run_dir: str | Path) -> dict:
     return _federate(cfg, run_dir, data.num_classes, RunRecorder(run_dir, cfg))
 
 
+def load_run_config(run_dir: Path) -> dict:
+    """A run's own config.json, validated. Keys added to fedkt after the run was recorded take today's
+    defaults (logged), so a run killed before an upgrade still resumes with the settings it ran with."""
+    if not (run_dir / "config.json").exists():
+        raise ConfigError(f"resume={run_dir}: no config.json there; name the directory of the run to resume")
+    saved = flatten(json.loads((run_dir / "config.json").read_text()))
+    added = {k: v for k, v in flatten(base_defaults()).items() if k not in saved}
+    if added:
+        log.warning("resume: %s was recorded before these settings existed; they take their defaults: %s", run_dir,
+                    ", ".join(f"{k}={v}" for k, v in added.items()))
+    cfg = unflatten({**added, **saved})
+    validate(cfg)
+    return cfg
+
+
 def resume(run_dir: str | Path) -> dict:
     """Continue a killed run from its last complete round, in its own directory, with its own config."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").exists():
-        raise ConfigError(f"resume={run_dir}: no config.json there; name the directory of the run to resume")
-    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg = load_run_config(run_dir)
     configure_logging(bool(get(cfg, "logging.verbose")))
-    validate(cfg)
     if get(cfg, "client.state_store") != "disk":
         raise ConfigError(f"resume={run_dir}: that run kept client state in memory (client.state_store=context); "
                           "only runs with client.state_store=disk can be resumed")

@@ -143,3 +143,19 @@ def test_bad_arguments_raise_clear_value_error(kwargs, name):
         build_model(**kwargs)
     if name in ("arch", "norm", "stem"):
         assert "allowed" in str(info.value)
+
+
+def test_torchvision_is_imported_only_for_its_models():
+    """A deployed ClientApp process starts for every message: LeNet/AlexNet clients skip torchvision's
+    seconds-long import."""
+    import subprocess
+    import sys
+
+    code = ("import sys, fedkt.client_app, fedkt.server_app\n"
+            "from fedkt.models import build_model\n"
+            "build_model('lenet'); build_model('alexnet')\n"
+            "assert 'torchvision' not in sys.modules, 'torchvision imported'\n"
+            "build_model('shufflenetv2')\n"
+            "assert 'torchvision' in sys.modules\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

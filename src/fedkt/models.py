@@ -13,7 +13,6 @@ Weights are drawn from torch's global RNG: call torch.manual_seed first for a re
 """
 
 import torch.nn as nn
-import torchvision
 
 ARCHITECTURES = ("lenet", "alexnet", "resnet18", "shufflenetv2")
 NORMS = ("none", "batch")
@@ -97,6 +96,8 @@ class AlexNet(nn.Module):
 
 def resnet18(num_classes=10, in_channels=3, stem="cifar"):
     """torchvision's ResNet-18; the CIFAR stem is a 3x3 stride-1 conv without max-pool."""
+    import torchvision  # here, not at the top: importing it takes seconds, and LeNet/AlexNet clients never need it
+
     model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
     if stem == "cifar":
         model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
@@ -108,6 +109,8 @@ def resnet18(num_classes=10, in_channels=3, stem="cifar"):
 
 def shufflenetv2(num_classes=10, in_channels=3, stem="cifar"):
     """torchvision's ShuffleNetV2 x1.0; the CIFAR stem has conv1 3x3 stride 1 and no max-pool."""
+    import torchvision
+
     model = torchvision.models.shufflenet_v2_x1_0(weights=None, num_classes=num_classes)
     stride = 1 if stem == "cifar" else 2
     if stem == "cifar" or in_channels != 3:

@@ -17,9 +17,9 @@ def make_client(tmp_path, monkeypatch, *overrides, partition_id=1):
     return client_app.KnowledgeClient(cfg, context)
 
 
-@pytest.mark.parametrize("target_classes", ["all", "local"])
-def test_target_classes_local_distils_only_towards_own_classes(tmp_path, monkeypatch, target_classes):
-    client = make_client(tmp_path, monkeypatch, "partition=type2", f"algorithm.target_classes={target_classes}")
+@pytest.mark.parametrize("target_shift", ["none", "classes", "prior"])
+def test_target_shift_distils_towards_the_clients_own_view(tmp_path, monkeypatch, target_shift):
+    client = make_client(tmp_path, monkeypatch, "partition=type2", f"algorithm.target_shift={target_shift}")
     seen = []
     real_distill = client_app.distill
 
@@ -33,18 +33,20 @@ def test_target_classes_local_distils_only_towards_own_classes(tmp_path, monkeyp
     (sent,) = seen
     own = np.unique(client.data.y_train.numpy())
     assert len(own) == 2  # type 2: two classes per client
-    if target_classes == "all":
+    counts = np.bincount(client.data.y_train.numpy(), minlength=10)
+    if target_shift == "none":
         np.testing.assert_allclose(sent.numpy(), target)
     else:
         others = np.setdiff1d(np.arange(10), own)
         assert (sent[:, others] == 0).all()
-        np.testing.assert_allclose(sent[:, own].numpy(), 0.5)
+        share = 0.5 if target_shift == "classes" else counts[own] / counts.sum()  # a flat target: the prior
+        np.testing.assert_allclose(sent[:, own].numpy(), np.broadcast_to(share, (64, 2)), rtol=1e-5)
 
 
-def test_target_classes_local_needs_probability_targets():
+def test_target_shift_needs_probability_targets():
     cfg = compose(["algorithm=fedmd", "algorithm.consensus=logits", "algorithm.distill_loss=l1",
-                   "algorithm.target_classes=local"])
-    with pytest.raises(ConfigError, match="algorithm.target_classes=local"):
+                   "algorithm.target_shift=prior"])
+    with pytest.raises(ConfigError, match="algorithm.target_shift=prior"):
         validate(cfg)
-    with pytest.raises(ConfigError, match="algorithm.target_classes"):
-        validate(compose(["algorithm.target_classes=mine"]))
+    with pytest.raises(ConfigError, match="algorithm.target_shift"):
+        validate(compose(["algorithm.target_shift=mine"]))

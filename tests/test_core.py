@@ -10,7 +10,7 @@ from fedkt.core import (
     check_predictions,
     fedmd_consensus,
     project_simplex,
-    restrict_targets,
+    shift_targets,
     soft_predictions,
     update_reference,
 )
@@ -305,18 +305,40 @@ def test_bad_arguments_raise():
         kc.update(np.ones((4, 5, 2)) / 2, present=np.zeros(4, bool))
 
 
-def test_restrict_targets_keeps_own_classes_renormalised():
-    targets = np.array([[0.1, 0.2, 0.3, 0.4],
-                        [0.5, 0.0, 0.0, 0.5],
-                        [0.0, 0.0, 0.2, 0.8]], dtype=np.float32)
-    out = restrict_targets(targets, [1, 2])
+TARGETS = np.array([[0.1, 0.2, 0.3, 0.4],
+                    [0.5, 0.0, 0.0, 0.5],
+                    [0.0, 0.0, 0.2, 0.8]], dtype=np.float32)
+
+
+def test_shift_targets_classes_keeps_own_classes_renormalised():
+    out = shift_targets(TARGETS, [0, 30, 10, 0], "classes")
     assert out.dtype == np.float32 and out.shape == (3, 4)
     np.testing.assert_allclose(out[0], [0, 0.4, 0.6, 0])
     np.testing.assert_allclose(out[1], [0, 0.5, 0.5, 0])  # no mass on the client's classes: uniform over them
     np.testing.assert_allclose(out[2], [0, 0, 1, 0])
     np.testing.assert_allclose(out.sum(1), 1, atol=1e-6)
-    t = torch.tensor(targets, dtype=torch.float64)
-    assert torch.allclose(restrict_targets(t, np.arange(4)), t)  # every class: unchanged
-    for bad in ([], [4], [-1]):
-        with pytest.raises(ValueError, match="classes"):
-            restrict_targets(targets, bad)
+    t = torch.tensor(TARGETS, dtype=torch.float64)
+    assert torch.allclose(shift_targets(t, [1, 1, 1, 1], "classes"), t)  # every class: unchanged
+    assert shift_targets(TARGETS, [1, 0, 0, 0], "none") is TARGETS
+
+
+def test_shift_targets_prior_is_the_label_shift_correction():
+    rng = np.random.default_rng(0)
+    s = rng.dirichlet(np.ones(5), size=200)
+    counts = np.array([50, 30, 15, 5, 0])
+    out = shift_targets(s, counts, "prior")
+    expected = s * (counts / counts.sum()) / s.mean(0)
+    np.testing.assert_allclose(out, expected / expected.sum(1, keepdims=True), rtol=1e-12)
+    assert (out[:, 4] == 0).all()  # a class the client lacks gets nothing, as with "classes"
+    # a client whose prior is the senders' prior keeps the target as it is
+    np.testing.assert_allclose(shift_targets(s, s.mean(0) * 1000, "prior"), s, rtol=1e-10)
+    only_absent = np.array([[0, 0, 0, 0, 1.0]])  # no mass left: the client's prior
+    np.testing.assert_allclose(shift_targets(only_absent, counts, "prior")[0], counts / counts.sum())
+
+
+def test_shift_targets_rejects_bad_counts():
+    for bad in ([0, 0, 0, 0], [1, 2, 3], [1, -1, 1, 1]):
+        with pytest.raises(ValueError, match="class_counts"):
+            shift_targets(TARGETS, bad, "classes")
+    with pytest.raises(ValueError, match="how"):
+        shift_targets(TARGETS, [1, 1, 1, 1], "local")

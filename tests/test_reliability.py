@@ -142,10 +142,10 @@ def test_resume_fills_settings_added_after_the_run_with_their_defaults(tmp_path,
     from fedkt.sim import load_run_config
 
     cfg = dict(compose(["experiment=smoke", "algorithm.rho=0.3"]), run_dir=str(tmp_path))
-    del cfg["algorithm"]["target_classes"]  # as recorded by a version without the key
+    del cfg["algorithm"]["target_shift"]  # as recorded by a version without the key
     dump_json(tmp_path / "config.json", cfg)
     with caplog.at_level("WARNING", logger="fedkt"):
         loaded = load_run_config(tmp_path)
-    assert loaded["algorithm"]["target_classes"] == "all"
+    assert loaded["algorithm"]["target_shift"] == "none"
     assert loaded["algorithm"]["rho"] == 0.3 and loaded["num_rounds"] == 2  # the run's own values stay
-    assert "algorithm.target_classes=all" in caplog.text
+    assert "algorithm.target_shift=none" in caplog.text

@@ -20,7 +20,7 @@ from flwr.client import ClientApp, NumPyClient
 from flwr.common import Context
 
 from fedkt.config import client_architectures, get
-from fedkt.core import restrict_targets, soft_predictions
+from fedkt.core import shift_targets, soft_predictions
 from fedkt.faults import FaultPlan
 from fedkt.models import build_model
 from fedkt.task import alignment_indices, client_data, load_federation, public_data
@@ -162,8 +162,9 @@ class KnowledgeClient(NumPyClient):
         optimizer = make_optimizer(self.model, float(algo["distill_lr"]), momentum=float(c["momentum"]),
                                    weight_decay=float(c["weight_decay"]))
         target = np.asarray(target, dtype=np.float32)
-        if algo["target_classes"] == "local":
-            target = restrict_targets(target, np.unique(self.data.y_train.numpy()))
+        if algo["target_shift"] != "none":
+            counts = np.bincount(self.data.y_train.numpy(), minlength=target.shape[1])
+            target = shift_targets(target, counts, algo["target_shift"])
         return float(distill(self.model, x_public[idx], torch.from_numpy(target),
                              optimizer, epochs=int(algo["distill_epochs"]),
                              batch_size=int(algo["distill_batch_size"]), temperature=float(algo["temperature"]),

@@ -28,7 +28,7 @@ CHOICES = {
     "algorithm.weighting": ("trained", "cosine", "topk"),
     "algorithm.consensus": ("probs", "logits"),
     "algorithm.distill_loss": ("kl", "l1", "mse"),
-    "algorithm.target_classes": ("all", "local"),
+    "algorithm.target_shift": ("none", "classes", "prior"),
     "client.lr_policy": ("constant", "plateau", "cosine"),
     "client.state_store": ("disk", "context"),
 }
@@ -144,9 +144,9 @@ def validate(cfg: dict) -> None:
         raise ConfigError(
             f"algorithm.distill_loss={get(cfg, 'algorithm.distill_loss')!r} distils towards logits: it needs "
             "algorithm.name=fedmd with algorithm.consensus=logits; use distill_loss=kl otherwise")
-    if get(cfg, "algorithm.target_classes") == "local" and get(cfg, "algorithm.distill_loss") != "kl":
-        raise ConfigError("algorithm.target_classes=local restricts probability targets: it needs "
-                          "algorithm.distill_loss=kl")
+    if get(cfg, "algorithm.target_shift") != "none" and get(cfg, "algorithm.distill_loss") != "kl":
+        raise ConfigError(f"algorithm.target_shift={get(cfg, 'algorithm.target_shift')} reweights probability "
+                          "targets: it needs algorithm.distill_loss=kl")
     if name == "fedmd" and get(cfg, "algorithm.consensus") == "logits" and get(cfg, "algorithm.upload") != "logits":
         raise ConfigError("algorithm.consensus=logits needs algorithm.upload=logits")
     if get(cfg, "client.warmup_public_epochs") > 0 and get(cfg, "data.public_size") == 0:

@@ -298,24 +298,39 @@ def update_reference(c, probs, present=None, rho=0.7, objective="kl", step_size=
     return c
 
 
-def restrict_targets(targets, classes):
-    """A client's own view of a soft target (M, C): only the mass on `classes` (the classes of its own
-    private data), each row renormalised to sum to 1; a row with no mass there becomes uniform over them.
-    The server never sees `classes`: this runs on the client (algorithm.target_classes=local)."""
+TARGET_SHIFTS = ("none", "classes", "prior")
+
+
+def shift_targets(targets, class_counts, how="classes"):
+    """A client's own view of a soft target (M, C), given how many private training images it has of each
+    class (C,). Runs on the client (algorithm.target_shift); the server never sees class_counts.
+
+    "none": the target as sent.
+    "classes": only the mass on the client's own classes (count > 0), rows renormalised; a row with no
+        mass there becomes uniform over them.
+    "prior": label-shift correction (Saerens et al., 2002): t(y|x) proportional to s(y|x) pi(y) / s_bar(y),
+        where pi is the client's class frequencies and s_bar the target's mean over the M samples (the class
+        prior the senders' predictions carry); classes the client lacks get 0, as with "classes". A row
+        with no mass left becomes pi.
+    """
+    if how not in TARGET_SHIFTS:
+        raise ValueError(f"how must be one of {', '.join(TARGET_SHIFTS)}, got {how!r}")
     T, was_numpy = _as_tensor(targets)
     if T.ndim != 2:
         raise ValueError(f"targets must be (M, C), got {tuple(T.shape)}")
-    idx = torch.as_tensor(np.asarray(classes, dtype=np.int64).reshape(-1))
-    if idx.numel() == 0:
-        raise ValueError("classes is empty: a client needs at least one class of its own")
-    if idx.min() < 0 or idx.max() >= T.shape[1]:
-        raise ValueError(f"classes must lie in [0, {T.shape[1]}), got {idx.tolist()}")
-    keep = torch.zeros(T.shape[1], dtype=torch.bool)
-    keep[idx] = True
-    masked = torch.where(keep, T, torch.zeros((), dtype=T.dtype))
-    mass = masked.sum(1, keepdim=True)
-    uniform = keep.to(T.dtype) / keep.sum()
-    return _out(torch.where(mass > 0, masked / mass.clamp_min(1e-30), uniform), was_numpy)
+    counts = torch.as_tensor(np.asarray(class_counts, dtype=np.float64).reshape(-1))
+    if counts.shape != (T.shape[1],) or (counts < 0).any() or not counts.sum() > 0:
+        raise ValueError(f"class_counts must be {T.shape[1]} non-negative counts, not all zero; got {counts.tolist()}")
+    if how == "none":
+        return targets
+    prior = (counts / counts.sum()).to(T.dtype)
+    if how == "classes":
+        weights, fallback = (counts > 0).to(T.dtype), (counts > 0).to(T.dtype) / (counts > 0).sum()
+    else:
+        weights, fallback = prior / T.mean(0).clamp_min(1e-12), prior
+    shifted = T * weights
+    mass = shifted.sum(1, keepdim=True)
+    return _out(torch.where(mass > 0, shifted / mass.clamp_min(1e-30), fallback), was_numpy)
 
 
 # -----------------------------------------------------------------------------

@@ -342,3 +342,15 @@ def test_shift_targets_rejects_bad_counts():
             shift_targets(TARGETS, bad, "classes")
     with pytest.raises(ValueError, match="how"):
         shift_targets(TARGETS, [1, 1, 1, 1], "local")
+
+
+def test_config_offers_exactly_the_choices_the_code_accepts():
+    # fedkt.config stays free of torch, so it lists the choices again: they must not drift apart
+    from fedkt import core, data
+    from fedkt.config import CHOICES
+    assert CHOICES["algorithm.objective"] == core.OBJECTIVES
+    assert CHOICES["algorithm.normalize"] == core.NORMALIZATIONS
+    assert CHOICES["algorithm.weighting"] == core.WEIGHTINGS
+    assert CHOICES["algorithm.target_shift"] == core.TARGET_SHIFTS
+    assert CHOICES["data.resize"] == data.RESIZE_MODES
+    assert CHOICES["data.name"] == data.DATASET_NAMES

@@ -42,6 +42,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +113,7 @@ class Run:
         """Counts in the mean table: completed, with a final accuracy."""
         return self.status == "completed" and math.isfinite(self.final)
 
-    @property
+    @cached_property
     def architecture_finals(self) -> dict[str, float]:
         """Final test accuracy per architecture: the mean over that architecture's clients (their partition ids
         mapped through the run's model.architectures); {} when the run's config or summary lacks them."""

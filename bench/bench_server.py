@@ -1,10 +1,12 @@
 """Time the KT-pFL server step (update of c + personalised targets), vectorised vs per-row loop.
 
     python bench/bench_server.py [--sizes 20 100 1000] [--samples 5000] [--classes 10]
+    python bench/bench_server.py --normalize simplex --steps 20     # fedkt's defaults for c
 
 Random float32 softmax predictions (N, M, C). "vectorized" is KnowledgeCoefficients.update
-followed by .targets (defaults: adaptive step, softmax renormalisation), best of --repeats.
-"loop" is update_reference (one autograd step per row, as the KT-pFL code does) plus a
+followed by .targets (adaptive step; by default the KT-pFL code's settings: softmax
+renormalisation, one step on c per round), best of --repeats.
+"loop" is update_reference (--steps autograd steps per row, as the KT-pFL code does) plus a
 per-row loop for the targets; above --max-loop-rows rows it times a subset of rows and
 extrapolates: fixed cost + per-row cost * N (marked "est.").
 Prints a Markdown table. Timings on a shared machine are noisy: rerun when it is idle.
@@ -36,10 +38,13 @@ def loop_targets(c, probs, rows):
 
 
 def loop_time(kc, probs, rows):
-    """update_reference on `rows` then per-row targets for the same rows."""
+    """kc.steps x update_reference on `rows`, then per-row targets for the same rows."""
     def run():
-        update_reference(kc.c, probs, rho=kc.rho, objective=kc.objective, rows=rows)
-        loop_targets(kc.c, probs, rows)
+        c = kc.c
+        for _ in range(kc.steps):
+            c = update_reference(c, probs, rho=kc.rho, objective=kc.objective, normalize=kc.normalize,
+                                 tau=kc.tau, rows=rows)
+        loop_targets(c, probs, rows)
     return best_time(run, 1)
 
 
@@ -49,20 +54,22 @@ def main():
     ap.add_argument("--samples", type=int, default=5000)
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--objectives", nargs="+", default=["kl", "mse"])
+    ap.add_argument("--normalize", choices=["softmax", "simplex"], default="softmax")
+    ap.add_argument("--steps", type=int, default=1, help="gradient steps on c per round")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--max-loop-rows", type=int, default=100)
     ap.add_argument("--loop-subset", type=int, default=25)
     args = ap.parse_args()
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-          f"M={args.samples}, C={args.classes}, float32\n")
+          f"M={args.samples}, C={args.classes}, float32, normalize={args.normalize}, steps={args.steps}\n")
     print("| objective | N | vectorized s | loop s | ratio |")
     print("|---|---:|---:|---:|---:|")
     for n in args.sizes:
         gen = torch.Generator().manual_seed(n)
         probs = torch.softmax(2 * torch.randn(n, args.samples, args.classes, generator=gen), -1).numpy()
         for objective in args.objectives:
-            kc = KnowledgeCoefficients(n, objective=objective)
+            kc = KnowledgeCoefficients(n, objective=objective, normalize=args.normalize, steps=args.steps)
             kc.update(probs)  # warm-up, and a non-uniform c for the loop
 
             def server_step():

@@ -8,7 +8,7 @@ from flwr.server.client_proxy import ClientProxy
 
 from fedkt.config import compose
 from fedkt.core import soft_predictions
-from fedkt.strategy import KnowledgeTransfer, local_epochs
+from fedkt.strategy import KnowledgeTransfer, kl_round_seconds, local_epochs, make_coefficients
 
 N, M, C = 4, 16, 5
 
@@ -171,6 +171,21 @@ def test_local_epochs_ramp():
     cfg = make_cfg(**{"client.local_epochs": 1, "client.max_local_epochs": 10, "num_rounds": 10})
     assert [local_epochs(cfg, r) for r in (1, 10)] == [1, 10]
     assert local_epochs(make_cfg(**{"client.local_epochs": 2}), 5) == 2
+
+
+def test_large_kl_federation_is_warned_about_its_server_cost(caplog):
+    assert kl_round_seconds(1000, 5000, 20) == pytest.approx(44, rel=0.01)  # measured: 44.3 s
+    big = compose(["algorithm=ktpfl", "num_clients=1000", "model.architectures=lenet", "algorithm.align_size=5000"])
+    with caplog.at_level("WARNING", logger="fedkt"):
+        make_coefficients(make_cfg())
+        assert not caplog.records
+        make_coefficients(big)
+    assert "algorithm.objective=mse" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fedkt"):
+        make_coefficients(compose(["algorithm=ktpfl", "num_clients=1000", "model.architectures=lenet",
+                                   "algorithm.objective=mse"]))
+    assert not caplog.records
 
 
 def test_absent_client_keeps_its_last_target_and_subset():

@@ -42,8 +42,25 @@ def local_epochs(cfg: dict, server_round: int) -> int:
     return int(round(first + (last - first) * (server_round - 1) / (rounds - 1)))
 
 
+# Seconds one KL gradient step on c takes for N = 1000 clients and M = 5000 public samples on a 2-core
+# CPU (bench/bench_server.py, docs/RESULTS.md); the step grows as N^2 * M.
+KL_STEP_SECONDS_N1000 = 2.2
+
+
+def kl_round_seconds(num_clients: int, align_size: int, steps: int) -> float:
+    """Rough CPU seconds the KL update of c takes per round (for the large-N warning)."""
+    return KL_STEP_SECONDS_N1000 * (num_clients / 1000) ** 2 * (align_size / 5000) * steps
+
+
 def make_coefficients(cfg: dict) -> KnowledgeCoefficients:
     algo = cfg["algorithm"]
+    if algo["objective"] == "kl":
+        estimate = kl_round_seconds(int(cfg["num_clients"]), int(algo["align_size"]), int(algo["coef_steps"]))
+        if estimate > 10:
+            log.warning("KT-pFL with %s clients: the KL update of c (%s steps on %s samples) takes about %.0f s "
+                        "a round on a 2-core CPU; algorithm.objective=mse algorithm.coef_steps=1 takes about "
+                        "1 s at 1000 clients (docs/RESULTS.md, server cost)", cfg["num_clients"],
+                        algo["coef_steps"], algo["align_size"], estimate)
     return KnowledgeCoefficients(
         int(cfg["num_clients"]), rho=float(algo["rho"]), objective=algo["objective"],
         step_size=float(algo["coef_step"]) or None, steps=int(algo["coef_steps"]),

@@ -184,7 +184,7 @@ def test_large_kl_federation_is_warned_about_its_server_cost(caplog):
     caplog.clear()
     with caplog.at_level("WARNING", logger="fedkt"):
         make_coefficients(compose(["algorithm=ktpfl", "num_clients=1000", "model.architectures=lenet",
-                                   "algorithm.objective=mse"]))
+                                   "algorithm.align_size=5000", "algorithm.objective=mse"]))
     assert not caplog.records
 
 

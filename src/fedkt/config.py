@@ -105,18 +105,36 @@ def client_architectures(cfg: dict) -> list[str]:
         f"or a list whose length divides num_clients")
 
 
-def cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def gpus_per_client(cfg: dict) -> float:
-    """Ray GPU share of one client: client.num_gpus, or when it is -1, 0.25 where CUDA exists, else 0."""
+def gpus_per_client(cfg: dict, node_gpus: float) -> float:
+    """Ray GPU share of one client actor in the simulation, given the GPUs of the node(s) that run the clients
+    (not necessarily this machine's: with ray.address, the cluster's). client.num_gpus, or when it is -1 (auto)
+    0.25 where those nodes have a GPU and client.device is not cpu, else 0. Call check_ray_resources first."""
     share = float(get(cfg, "client.num_gpus"))
     if share < 0:
-        return 0.25 if cuda_available() else 0.0
+        return 0.25 if node_gpus > 0 and str(get(cfg, "client.device")) != "cpu" else 0.0
     return share
+
+
+def check_ray_resources(cfg: dict, node_gpus: float) -> None:
+    """The simulation's device and GPU-share questions, asked of the node(s) that run the client actors
+    (node_gpus: how many GPUs Ray has there). Not for a deployment: a SuperNode picks its own device
+    (fedkt.train.pick_device says there what is missing), and client.num_gpus is a Ray setting."""
+    device, share = str(get(cfg, "client.device")), float(get(cfg, "client.num_gpus"))
+    where = "the Ray cluster at ray.address" if str(get(cfg, "ray.address")) else "this machine"
+    if device.startswith("cuda:") and device != "cuda:0":
+        raise ConfigError(
+            f"client.device={device!r}: in the simulation Ray gives each client actor its own GPU share, which the "
+            "actor sees as cuda:0; use client.device=cuda (or auto) and let Ray place the actors")
+    if device == "cpu" and share > 0:
+        raise ConfigError(f"client.device=cpu with client.num_gpus={share:g}: CPU clients need no GPU share (it "
+                          "would only cap how many run at once); use client.num_gpus=-1 or 0")
+    if device.startswith("cuda") and share == 0:
+        raise ConfigError(f"client.device={device!r} with client.num_gpus=0: Ray hides the GPUs from client actors "
+                          "without a GPU share; use client.num_gpus=-1 (auto) or a share > 0")
+    if (device.startswith("cuda") or share > 0) and node_gpus <= 0:
+        raise ConfigError(
+            f"client.device={device!r}, client.num_gpus={get(cfg, 'client.num_gpus')} ask for a GPU but "
+            f"{where} has none; use client.device=auto client.num_gpus=-1 (or 0)")
 
 
 def validate(cfg: dict) -> None:
@@ -166,13 +184,17 @@ def validate(cfg: dict) -> None:
         if not _is_number(value) or not 0 < value < 1:
             raise ConfigError(f"{key}={value!r} must lie strictly between 0 and 1")
     device = str(get(cfg, "client.device"))
-    if not (device in ("auto", "cpu") or device == "cuda" or device.startswith("cuda:")):
+    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise ConfigError(f"client.device={device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
-    wants_gpu = device.startswith("cuda") or float(get(cfg, "client.num_gpus")) > 0
-    if wants_gpu and not cuda_available():
-        raise ConfigError(
-            f"client.device={device!r}, client.num_gpus={get(cfg, 'client.num_gpus')} ask for a GPU but "
-            "torch sees none here; use client.device=auto client.num_gpus=-1 (or 0)")
+    num_cpus = get(cfg, "client.num_cpus")
+    if not float(num_cpus).is_integer():  # > 0 is checked above
+        raise ConfigError(f"client.num_cpus={num_cpus!r} must be a whole number >= 1: it is both the Ray CPUs of "
+                          "a client actor and its torch threads; use 1 (one actor per core)")
+    share = get(cfg, "client.num_gpus")
+    if not _is_number(share) or not (share == -1 or share >= 0):
+        raise ConfigError(f"client.num_gpus={share!r} must be -1 (auto) or a GPU share >= 0, e.g. 0.25")
+    # Whether a GPU exists is a question for the node that runs the clients, not for this process:
+    # check_ray_resources (the simulation) and fedkt.train.pick_device (each client) ask it there.
 
 
 def _is_number(value) -> bool:

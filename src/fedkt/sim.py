@@ -10,19 +10,22 @@ Each run writes into its Hydra run directory under outputs/ (see fedkt.results f
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import pickle
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from fedkt.config import (ConfigError, base_defaults, client_architectures, flatten, get, gpus_per_client, unflatten,
-                          validate)
+from fedkt.config import (ConfigError, base_defaults, check_ray_resources, client_architectures, flatten, get,
+                          gpus_per_client, unflatten, validate)
 from fedkt.data import DataError
 from fedkt.results import RunRecorder, dump_json
 from fedkt.strategy import FederationError
@@ -46,20 +49,47 @@ def configure_logging(verbose: bool) -> None:
     flwr_logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
     if not any(isinstance(f, _DropRunSimulationDeprecation) for f in flwr_logger.filters):
         flwr_logger.addFilter(_DropRunSimulationDeprecation())
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    # Ray hides the GPUs (CUDA_VISIBLE_DEVICES="") from actors that asked for none: a client without a GPU
+    # share then runs on the CPU even with client.device=auto, instead of landing uncounted on GPU 0. Ray 2.55
+    # does so by default and warns that a future version will not; this keeps it and drops the warning.
+    os.environ["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] = "1"
+    warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 
+@functools.lru_cache(maxsize=4)
+def node_gpus(address: str) -> float:
+    """GPUs of the node(s) that run the client actors: this machine's as torch sees them (a Ray started here
+    is given exactly those), or with ray.address the GPU resources of that cluster's nodes."""
+    if not address:
+        return float(torch.cuda.device_count())
+    import ray
+
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        return cluster_gpus()
+    finally:
+        ray.shutdown()
+
+
+def cluster_gpus() -> float:
+    """The GPU resources of the nodes of the Ray cluster this process is connected to."""
+    import ray
+
+    return float(sum(node["Resources"].get("GPU", 0) for node in ray.nodes() if node["Alive"]))
+
+
 def backend_config(cfg: dict) -> dict:
-    """Ray resources per client (fractional GPUs where CUDA exists) and Ray's own start-up arguments."""
+    """Ray resources per client (a GPU share where the clients' nodes have a GPU) and Ray's start-up arguments."""
     verbose = bool(get(cfg, "logging.verbose"))
     init_args: dict = {"logging_level": logging.INFO if verbose else logging.WARNING, "log_to_driver": verbose}
     address = str(get(cfg, "ray.address"))
+    gpus = node_gpus(address)
     if address:
         init_args["address"] = address
     else:
-        init_args["num_cpus"] = os.cpu_count() or 1
-    return {"client_resources": {"num_cpus": int(get(cfg, "client.num_cpus")), "num_gpus": gpus_per_client(cfg)},
+        init_args.update(num_cpus=os.cpu_count() or 1, num_gpus=int(gpus))
+    return {"client_resources": {"num_cpus": int(get(cfg, "client.num_cpus")), "num_gpus": gpus_per_client(cfg, gpus)},
             "init_args": init_args}
 
 
@@ -67,6 +97,7 @@ def run(cfg: dict, run_dir: str | Path) -> dict:
     """Check the config and the data, then run the federation; returns the summary (also summary.json)."""
     configure_logging(bool(get(cfg, "logging.verbose")))
     validate(cfg)
+    check_ray_resources(cfg, node_gpus(str(get(cfg, "ray.address"))))
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = dict(cfg, run_dir=str(run_dir.resolve()))
@@ -103,6 +134,7 @@ def resume(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     configure_logging(bool(get(cfg, "logging.verbose")))
+    check_ray_resources(cfg, node_gpus(str(get(cfg, "ray.address"))))
     if get(cfg, "client.state_store") != "disk":
         raise ConfigError(f"resume={run_dir}: that run kept client state in memory (client.state_store=context); "
                           "only runs with client.state_store=disk can be resumed")

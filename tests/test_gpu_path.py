@@ -1,0 +1,256 @@
+"""The GPU path, tested without a GPU: the Ray resources each client asks for, how many client actors a node
+runs, which machine the device questions are asked of, and where the client's steps put their tensors.
+
+CUDA is made "present" by patching torch's answers (torch.cuda.is_available / device_count) where only the
+answer matters; Ray is given logical GPUs (it schedules them like real ones and sets CUDA_VISIBLE_DEVICES for
+each actor); device placement runs on fake CUDA tensors (forward) and on the meta device (training steps).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from fedkt import sim
+from fedkt.config import ConfigError, check_ray_resources, compose, flatten, gpus_per_client, validate
+from fedkt.deploy import cfg_from_run_config
+from fedkt.models import ARCHITECTURES, build_model
+from fedkt.train import augment_batch, distill, make_optimizer, predict_logits, train_epochs
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def cuda_present(monkeypatch):
+    """torch answers as on a machine with one GPU (nothing is run on it)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    sim.node_gpus.cache_clear()
+    yield
+    sim.node_gpus.cache_clear()
+
+
+@pytest.fixture
+def cuda_absent(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    sim.node_gpus.cache_clear()
+    yield
+    sim.node_gpus.cache_clear()
+
+
+def resources(*overrides):
+    cfg = compose(["experiment=smoke", *overrides])
+    validate(cfg)
+    check_ray_resources(cfg, sim.node_gpus(str(cfg["ray"]["address"])))
+    return sim.backend_config(cfg)["client_resources"]
+
+
+# -- the Ray resource request for each device / num_gpus combination ---------------------------------------
+
+@pytest.mark.parametrize("device, share, expected", [
+    ("auto", -1, 0.25), ("cuda", -1, 0.25), ("cuda:0", -1, 0.25), ("cpu", -1, 0.0),
+    ("auto", 0, 0.0), ("cpu", 0, 0.0), ("auto", 0.5, 0.5), ("cuda", 1, 1.0),
+])
+def test_resource_request_with_cuda(cuda_present, device, share, expected):
+    assert resources(f"client.device={device}", f"client.num_gpus={share}") == {"num_cpus": 1, "num_gpus": expected}
+
+
+@pytest.mark.parametrize("device, share", [("auto", -1), ("cpu", -1), ("auto", 0), ("cpu", 0)])
+def test_resource_request_without_cuda(cuda_absent, device, share):
+    assert resources(f"client.device={device}", f"client.num_gpus={share}") == {"num_cpus": 1, "num_gpus": 0.0}
+
+
+def test_bug2_device_cpu_asks_for_no_gpu_share(cuda_present):
+    """Bug 2: with client.device=cpu on a GPU machine every client asked Ray for 0.25 GPU (4 actors at most)."""
+    assert sim.backend_config(compose(["client.device=cpu"]))["client_resources"]["num_gpus"] == 0.0
+
+
+def test_local_ray_gets_the_gpus_torch_sees(cuda_present):
+    assert sim.backend_config(compose([]))["init_args"]["num_gpus"] == 1
+
+
+@pytest.mark.parametrize("overrides, key, gpus", [
+    (["client.device=cuda"], "client.device", 0),
+    (["client.num_gpus=0.5"], "client.num_gpus", 0),
+    (["client.device=cpu", "client.num_gpus=0.5"], "client.device=cpu", 1),
+    (["client.device=cuda", "client.num_gpus=0"], "client.num_gpus=0", 1),
+    (["client.device=cuda:1"], "client.device='cuda:1'", 2),
+])
+def test_simulation_device_requests_that_cannot_work(overrides, key, gpus):
+    cfg = compose(overrides)
+    validate(cfg)  # machine-independent checks pass
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        check_ray_resources(cfg, gpus)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("client.num_cpus=0.5", "client.num_cpus"),
+    ("client.num_cpus=1.5", "client.num_cpus"),
+    ("client.num_gpus=-0.5", "client.num_gpus"),
+    ("client.device=cuda:x", "client.device"),
+    ("client.device=gpu", "client.device"),
+    ("client.device=cuda:", "client.device"),
+])
+def test_validate_device_and_cpu_choices(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(compose([override]))
+
+
+def test_whole_cpus_and_device_choices_pass():
+    for override in ("client.num_cpus=2", "client.num_cpus=2.0", "client.device=cuda:3", "client.num_gpus=0.125"):
+        validate(compose([override]))  # cuda:3 may exist on a SuperNode; the simulation refuses it separately
+
+
+def test_bug4_fractional_num_cpus_is_refused_before_ray():
+    """Bug 4: client.num_cpus=0.5 passed, became 0 through int(), and divided by zero in Flower's pool sizing."""
+    with pytest.raises(ConfigError, match=r"client\.num_cpus=0\.5 must be a whole number"):
+        validate(compose(["client.num_cpus=0.5"]))
+
+
+def test_bug3_cuda_n_under_ray_is_refused_before_data(cuda_present, monkeypatch, tmp_path):
+    """Bug 3: client.device=cuda:1 passed on a 2-GPU driver, then every fit raised in actors that see one GPU."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    cfg = compose(["experiment=smoke", "client.device=cuda:1", "data.name=cifar10", "data.root=/nonexistent/cifar"])
+    with pytest.raises(ConfigError, match=r"client\.device='cuda:1'.*sees as cuda:0"):
+        sim.run(cfg, tmp_path / "run")  # refused before the data (which does not exist) is looked at
+
+
+def test_bug5_ray_cluster_gpus_not_the_drivers(monkeypatch, tmp_path):
+    """Bug 5 (simulation): with ray.address, an explicit share was refused because the driver has no CUDA,
+    and the auto share became 0, though the cluster's workers have GPUs. The cluster is asked instead
+    (node_gpus answers for it here: connecting to a cluster is covered by tests/test_ray_cluster.py)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the driver has no GPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    asked = []
+    monkeypatch.setattr(sim, "node_gpus", lambda address: asked.append(address) or 2.0)
+    cfg = compose(["experiment=smoke", "ray.address=10.0.0.1:6379", "client.num_gpus=0.25", "data.name=cifar10",
+                   "data.root=/nonexistent/cifar"])
+    with pytest.raises(Exception) as error:
+        sim.run(cfg, tmp_path / "run")
+    assert "data.root" in str(error.value) and "GPU" not in str(error.value)  # past the device checks
+    assert asked == ["10.0.0.1:6379"]
+    assert sim.backend_config(compose(["ray.address=10.0.0.1:6379"]))["client_resources"]["num_gpus"] == 0.25
+
+
+def test_bug5_deployed_server_leaves_devices_to_the_supernodes(cuda_absent):
+    """Bug 5 (deployment): a GPU-less ServerApp refused client.device=cuda meant for its SuperNodes."""
+    with open(REPO / "pyproject.toml", "rb") as handle:
+        run_config = flatten(tomllib.load(handle)["tool"]["flwr"]["app"]["config"])
+    cfg = cfg_from_run_config({**run_config, "client.device": "cuda", "client.num_gpus": 0.5})
+    assert cfg["client"]["device"] == "cuda"
+
+
+# -- Ray itself, with one logical GPU: actors per node and what each actor sees ----------------------------
+
+RAY_SCRIPT = r"""
+import json, os, sys
+import torch
+torch.cuda.device_count = lambda: 1  # the node of the GPU machine: 16 cores, one GPU (logical here)
+torch.cuda.is_available = lambda: True
+os.cpu_count = lambda: 16
+import ray
+from flwr.simulation.ray_transport.ray_actor import pool_size_from_resources
+from fedkt.config import compose
+from fedkt.sim import backend_config, cluster_gpus, configure_logging
+
+configure_logging(False)
+backends = {dev: backend_config(compose([f"client.device={dev}"])) for dev in ("auto", "cpu")}
+ray.init(**backends["auto"]["init_args"], include_dashboard=False, _temp_dir=sys.argv[1])
+
+@ray.remote
+class Client:
+    def visible(self):
+        return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+out = {"cluster_gpus": cluster_gpus()}
+for dev, backend in backends.items():
+    res = backend["client_resources"]
+    actor = Client.options(**res).remote()
+    out[dev] = {"resources": res, "actors": pool_size_from_resources(res), "visible": ray.get(actor.visible.remote())}
+    ray.kill(actor)
+ray.shutdown()
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def ray_node():
+    temp = Path(tempfile.mkdtemp(prefix="fkgpu", dir="/tmp"))  # Ray's socket paths must stay short
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"}
+    env.update(RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+               RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0")  # as fedkt used to set it: the fix must override it
+    try:
+        proc = subprocess.run([sys.executable, "-c", RAY_SCRIPT, str(temp)], capture_output=True, text=True,
+                              timeout=300, env=env, cwd=REPO)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(lines[0][len("RESULT "):])
+
+
+def test_flower_runs_four_gpu_clients_on_16_cores_and_one_gpu(ray_node):
+    assert ray_node["cluster_gpus"] == 1
+    assert ray_node["auto"]["resources"] == {"num_cpus": 1, "num_gpus": 0.25}
+    assert ray_node["auto"]["actors"] == 4
+    assert ray_node["auto"]["visible"] == "0"  # the actor sees its GPU (as cuda:0)
+
+
+def test_bug1_clients_without_a_gpu_share_do_not_see_the_gpu(ray_node):
+    """Bug 1: RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0 let actors that asked for no GPU see all of them, so with
+    device=auto up to one actor per core ran on GPU 0, uncounted by Ray."""
+    assert ray_node["cpu"]["resources"] == {"num_cpus": 1, "num_gpus": 0.0}
+    assert ray_node["cpu"]["actors"] == 16  # one per core, not capped by the GPU
+    assert ray_node["cpu"]["visible"] == ""  # hidden: torch in that actor finds no GPU, auto -> cpu
+
+
+# -- where the client's steps put their tensors ----------------------------------------------------------
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_forward_and_prediction_stay_on_cuda_with_fake_tensors(arch):
+    """Model, augmented batch and logits on cuda; a CPU batch fed to the CUDA model is a device error."""
+    model = build_model(arch, num_classes=10, in_channels=3, norm="batch", stem="cifar")
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        model.to("cuda")
+        assert {p.device.type for p in [*model.parameters(), *model.buffers()]} == {"cuda"}
+        xb = augment_batch(torch.randn(8, 3, 32, 32).to("cuda"), torch.Generator().manual_seed(0))
+        logits = model(xb)
+        assert logits.device.type == "cuda" and logits.shape == (8, 10)
+        assert F.softmax(logits.float(), 1).cpu().device.type == "cpu"  # what predict_logits returns
+        with pytest.raises(RuntimeError, match="same device"):
+            model(torch.randn(2, 3, 32, 32))
+
+
+def test_training_steps_run_on_the_devices_model_with_cpu_data():
+    """train_epochs and distill with x, y, targets on the CPU and the model on another device (meta: every
+    op of the step runs there, a tensor left on the CPU would raise): the whole loop runs, momentum state is
+    created on that device, and only the final .item() (which meta tensors cannot give) stops it."""
+    meta = torch.device("meta")
+    model = build_model("resnet18", num_classes=10, in_channels=3, norm="batch", stem="cifar").to(meta)
+    optimizer = make_optimizer(model, 0.1)  # as the client does: the model is on its device first
+    x, y = torch.randn(40, 3, 32, 32), torch.randint(0, 10, (40,))
+    with pytest.raises((RuntimeError, NotImplementedError), match="meta"):
+        train_epochs(model, x, y, optimizer, epochs=1, batch_size=16, device=meta, augment=True)
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    assert {s["momentum_buffer"].device.type for s in optimizer.state.values()} == {"meta"}
+    assert len(optimizer.state) == len(list(model.parameters()))  # every parameter took a step
+    targets = torch.softmax(torch.randn(40, 10), 1)
+    with pytest.raises((RuntimeError, NotImplementedError), match="meta"):
+        distill(model, x, targets, optimizer, batch_size=16, device=meta)
+    with pytest.raises((RuntimeError, NotImplementedError), match="meta"):
+        predict_logits(model, x, device=meta)  # its .cpu() of meta logits: the only step that leaves the device
+
+
+def test_gpus_per_client_is_a_question_about_the_clients_node():
+    cfg = compose([])
+    assert gpus_per_client(cfg, 0) == 0.0 and gpus_per_client(cfg, 8) == 0.25

@@ -254,3 +254,29 @@ def test_training_steps_run_on_the_devices_model_with_cpu_data():
 def test_gpus_per_client_is_a_question_about_the_clients_node():
     cfg = compose([])
     assert gpus_per_client(cfg, 0) == 0.0 and gpus_per_client(cfg, 8) == 0.25
+
+
+# -- scripts/gpu_check.py in its dry mode: the same code path on the CPU, tiny sizes -----------------------
+
+def test_gpu_check_dry_runs_the_whole_check_on_cpu(tmp_path):
+    out = tmp_path / "check.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_check.py"), "--dry", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "DRY CHECK PASSED" in proc.stdout and "SECONDS PER ROUND" in proc.stdout
+    report = json.loads(out.read_text())
+    assert [r["round"] for r in report["rounds"]] == [1, 2]
+    assert set(report["state_on_cpu"]) == set(ARCHITECTURES)  # every architecture's state reloaded on the CPU
+    assert all(v["max_abs_prob_diff"] < 1e-6 for v in report["state_on_cpu"].values())  # CPU -> CPU: same kernels
+    assert report["one_client"]["repeat_max_abs_prob_diff"] == 0.0  # same seed, same figures on the CPU
+    assert set(report["coefficient_update_seconds"]["N=4,M=32"]) == {"cpu"}
+
+
+def test_gpu_check_needs_no_flower_ray_or_hydra():
+    """The GPU machine has torch but no flwr, ray, hydra or omegaconf: the check must import without them."""
+    code = ("import runpy, sys; sys.modules.update(dict.fromkeys(['flwr', 'ray', 'hydra', 'omegaconf']));"
+            f"runpy.run_path({str(REPO / 'scripts' / 'gpu_check.py')!r})")  # None in sys.modules: ImportError
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]  # run_path without __main__: imports only

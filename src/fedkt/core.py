@@ -47,7 +47,7 @@ def _as_tensor(x):
 
 
 def _out(t, was_numpy):
-    return t.numpy() if was_numpy else t
+    return t.cpu().numpy() if was_numpy else t
 
 
 def _present_mask(present, n):
@@ -108,7 +108,7 @@ def project_simplex(v):
     n = v.shape[1]
     u = v.sort(dim=1, descending=True).values
     css = u.cumsum(1) - 1
-    k = torch.arange(1, n + 1, dtype=v.dtype)
+    k = torch.arange(1, n + 1, dtype=v.dtype, device=v.device)
     support = (u - css / k) > 0
     r = support.sum(1, keepdim=True)  # size of the support, >= 1
     theta = css.gather(1, r - 1) / r
@@ -146,7 +146,7 @@ def similarity_weights(flat, weighting, topk=3):
     k = min(topk, n)
     cos.fill_diagonal_(float("inf"))  # self first, whatever the ties
     top = cos.topk(k, dim=1).indices
-    return torch.zeros(n, n, dtype=torch.float64).scatter_(1, top, 1.0 / k)
+    return torch.zeros(n, n, dtype=torch.float64, device=flat.device).scatter_(1, top, 1.0 / k)
 
 
 # -----------------------------------------------------------------------------
@@ -179,6 +179,8 @@ class KnowledgeCoefficients:
     each followed by row renormalisation (softmax(row / tau), or projection onto the
     simplex), all rows at once; then targets(probs, present) gives client i its s_i.
     step_size=None uses the KT-pFL code's adaptive per-row step (see adaptive_step).
+    device: where the update and the targets are computed (c itself stays a CPU numpy array);
+    "cpu" (default) or e.g. "cuda" for a server with a GPU (results then differ in the last digits).
     weighting="cosine" / "topk" replace the trained c by similarity weights.
     steps=k is the single-step update applied k times to the same predictions.
 
@@ -189,7 +191,7 @@ class KnowledgeCoefficients:
     """
 
     def __init__(self, num_clients, rho=0.7, objective="kl", step_size=None, steps=1,
-                 normalize="softmax", tau=0.2, weighting="trained", topk=3):
+                 normalize="softmax", tau=0.2, weighting="trained", topk=3, device="cpu"):
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         if normalize not in NORMALIZATIONS:
@@ -202,29 +204,34 @@ class KnowledgeCoefficients:
         self.rho, self.objective, self.step_size, self.steps = float(rho), objective, step_size, int(steps)
         self.normalize, self.tau, self.weighting, self.topk = normalize, float(tau), weighting, int(topk)
         self.c = np.full((num_clients, num_clients), 1.0 / num_clients)
+        self.device = torch.device(device)
 
     _CONFIG = ("rho", "objective", "step_size", "steps", "normalize", "tau", "weighting", "topk")
 
     def _inputs(self, probs, present):
         """(N, M, C) tensor, its numpy-ness, present indices and the (n, M*C) present block."""
         P3, was_numpy = _as_tensor(probs)
+        P3 = P3.to(self.device)
         if P3.ndim != 3 or P3.shape[0] != self.num_clients:
             raise ValueError(f"probs must be (N={self.num_clients}, M, C), got {tuple(P3.shape)}")
         mask = _present_mask(present, self.num_clients)
         idx = mask.nonzero().squeeze(1)
-        block = P3 if bool(mask.all()) else P3[idx]
+        block = P3 if bool(mask.all()) else P3[idx.to(self.device)]
         return P3, was_numpy, idx.numpy(), block.reshape(len(idx), -1)
+
+    def _tensor(self, block):
+        return torch.from_numpy(block).to(self.device)
 
     def update(self, probs, present=None):
         """One round of update of c from the (N, M, C) soft predictions; returns a copy of c."""
         P3, _, idx, flat = self._inputs(probs, present)
         ix = np.ix_(idx, idx)
-        q, mass = _row_normalized(torch.from_numpy(self.c[ix]))
+        q, mass = _row_normalized(self._tensor(self.c[ix]))
         if self.weighting == "trained":
             q = self._trained_steps(q, flat, P3.shape[1])
         else:
             q = similarity_weights(flat, self.weighting, self.topk)
-        self.c[ix] = (mass * q).numpy()
+        self.c[ix] = (mass * q).cpu().numpy()
         return self.c.copy()
 
     def _trained_steps(self, q, flat, num_samples):
@@ -242,13 +249,13 @@ class KnowledgeCoefficients:
     def targets(self, probs, present=None):
         """(N, M, C) personalised targets: row i is s_i = sum_j c_ij p_j over present j."""
         P3, was_numpy, idx, flat = self._inputs(probs, present)
-        w, _ = _row_normalized(torch.from_numpy(self.c[:, idx]))
+        w, _ = _row_normalized(self._tensor(self.c[:, idx]))
         return _out((w.to(flat.dtype) @ flat).reshape(P3.shape), was_numpy)
 
     def loss(self, probs, present=None):
         """L(c) on the present block (the quantity update descends), as a float."""
         P3, _, idx, flat = self._inputs(probs, present)
-        q, _ = _row_normalized(torch.from_numpy(self.c[np.ix_(idx, idx)]))
+        q, _ = _row_normalized(self._tensor(self.c[np.ix_(idx, idx)]))
         penalty = self.rho * ((q - 1.0 / len(idx)) ** 2).sum().item()
         return _data_loss(q, flat, self.objective, P3.shape[1]) + penalty
 

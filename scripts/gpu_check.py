@@ -1,0 +1,305 @@
+"""The GPU path end to end, on a machine with torch (and torchvision, numpy, Pillow, PyYAML) but no Flower, Ray
+or Hydra: the GPU machine this project borrows. One command, a few minutes (docs/gpu.md).
+
+    PYTHONPATH=src python3 scripts/gpu_check.py --data .gpu_data/cifar10-jpeg.tar.gz   # on the GPU machine
+    PYTHONPATH=src python scripts/gpu_check.py --dry                                   # CPU, tiny (the test suite)
+
+What runs is the clients' and the server's work of KT-pFL without Ray and without Flower: the flower-free
+layers fedkt's KnowledgeClient and KnowledgeTransfer strategy call (task, models, train, core), composed the
+way a round composes them. --workers processes stand for Ray's client actors: each is spawned, sees the GPU as
+the actor with a GPU share of 1/--workers would (cuda:0), uses one CPU thread (client.num_cpus=1), and runs its
+clients one after another, rebuilding each from the state file it wrote the round before. The driver validates
+the uploads, updates the coefficient matrix c and sends each client its target. Default setting: the paper's
+(20 clients, 5 each of LeNet, AlexNet, ResNet-18, ShuffleNetV2, `cifar` stem, full shards, 5,000-sample
+alignment, batch 16), 2 rounds (round 1 holds the warm-up epoch; round 2 the first distillation).
+
+It checks (and stops with a message at the first failure) that parameters, buffers and every batch of every
+step are on the device; that predictions are finite probabilities of shape (align_size, classes); that client
+state written on the device loads on a CPU and predicts the same there. It prints seconds per round, peak
+memory per architecture, one client's difference CPU against GPU and GPU against itself (same seed), and the
+coefficient update's time on CPU and on the device. --out FILE writes all of it as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from fedkt.config import client_architectures, validate
+from fedkt.core import KnowledgeCoefficients, check_predictions, soft_predictions
+from fedkt.models import build_model
+from fedkt.task import alignment_indices, alignment_seed, client_data, load_federation, public_data
+from fedkt.train import (distill, evaluate, make_optimizer, pick_device, predict_logits, set_threads,
+                         state_from_bytes, state_to_bytes, train_epochs)
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+class CheckFailed(RuntimeError):
+    pass
+
+
+def check(condition: bool, what: str) -> None:
+    if not condition:
+        raise CheckFailed(what)
+
+
+# -- configuration (conf/ read with PyYAML: no Hydra on the GPU machine) --------------------------------
+
+def _merge(base: dict, update: dict) -> dict:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def _yaml(path: Path) -> dict:
+    cfg = yaml.safe_load(path.read_text()) or {}
+    return {k: v for k, v in cfg.items() if k not in ("defaults", "hydra")}
+
+
+def check_config(args) -> dict:
+    """conf/config.yaml + algorithm=ktpfl + experiment=paper_type1, as `python -m fedkt.sim` composes them,
+    then the check's own settings (--dry: tiny synthetic data on the CPU)."""
+    cfg = _yaml(CONF / "config.yaml")
+    _merge(cfg, {"algorithm": _yaml(CONF / "algorithm" / "ktpfl.yaml"),
+                 "partition": _yaml(CONF / "partition" / "type1.yaml")})
+    _merge(cfg, _yaml(CONF / "experiment" / "paper_type1.yaml"))
+    own = {"num_rounds": args.rounds, "client": {"device": args.device, "num_cpus": 1},
+           "data": {"cache_dir": str(args.work / "cache")}}
+    if args.dry:
+        own.update(num_clients=4, data={"name": "synthetic", "public_size": 100, "samples_per_client": 24,
+                                        "cache_dir": str(args.work / "cache")},
+                   algorithm={"align_size": 32, "distill_batch_size": 16}, client={"device": args.device,
+                                                                                   "num_cpus": 1, "batch_size": 16})
+    else:
+        own["data"]["root"] = str(args.data)
+    _merge(cfg, own)
+    if args.clients:
+        cfg["num_clients"] = args.clients
+    cfg["run_dir"] = str(args.work / "run")
+    validate(cfg)
+    return cfg
+
+
+# -- one client's round, in a worker process (Ray's client actor) ---------------------------------------
+
+_CFG: dict = {}
+
+
+def _init_worker(cfg: dict) -> None:
+    _CFG.update(cfg)
+    set_threads(int(cfg["client"]["num_cpus"]))
+
+
+def client_round(job: tuple) -> dict:
+    """What a client does in a round: restore its state, warm up (first round), distil towards its target,
+    train, evaluate, predict on the round's alignment subset, save its state. Records where everything ran."""
+    pid, rnd, target, target_seed, next_seed = job
+    cfg, c, algo = _CFG, _CFG["client"], _CFG["algorithm"]
+    start = time.perf_counter()
+    device = pick_device(c["device"])
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    data = client_data(cfg, pid)
+    x_public, y_public = public_data(cfg)
+    arch = client_architectures(cfg)[pid]
+    torch.manual_seed(int(cfg["seed"]) * 10_000 + pid)
+    model = build_model(arch, num_classes=load_federation(cfg)[0].num_classes, in_channels=data.x_train.shape[1],
+                        norm=cfg["model"]["norm"], stem=cfg["model"]["stem"]).to(device)
+    optimizer = make_optimizer(model, float(c["lr"]), momentum=float(c["momentum"]),
+                               weight_decay=float(c["weight_decay"]))
+    state_file = Path(cfg["run_dir"]) / f"client_{pid:04d}.pt"
+    if state_file.exists():
+        state_from_bytes(state_file.read_bytes(), model, optimizer)
+    seen = set()
+    hook = model.register_forward_pre_hook(lambda module, inputs: seen.add(str(inputs[0].device)))
+    seed = int(cfg["seed"]) * 1_000_003 + pid * 1_009 + rnd
+    steps = dict(batch_size=int(c["batch_size"]), device=device, augment=bool(c["augment"]))
+    if rnd == 1:
+        train_epochs(model, data.x_train, data.y_train, optimizer, epochs=int(c["warmup_epochs"]), seed=seed + 1,
+                     **steps)
+    if target is not None:
+        idx = alignment_indices(len(x_public), int(algo["align_size"]), target_seed)
+        distill(model, x_public[idx], torch.from_numpy(target), make_optimizer(model, float(algo["distill_lr"])),
+                epochs=int(algo["distill_epochs"]), batch_size=int(algo["distill_batch_size"]),
+                temperature=float(algo["temperature"]), device=device, seed=seed)
+    train = train_epochs(model, data.x_train, data.y_train, optimizer, epochs=int(c["local_epochs"]), seed=seed,
+                         **steps)
+    _, val_acc = evaluate(model, data.x_val, data.y_val, batch_size=int(c["eval_batch_size"]), device=device)
+    idx = alignment_indices(len(x_public), int(algo["align_size"]), next_seed)
+    probs = soft_predictions(predict_logits(model, x_public[idx], batch_size=int(c["eval_batch_size"]),
+                                            device=device), float(algo["temperature"])).numpy()
+    hook.remove()
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    state_file.write_bytes(state_to_bytes(model, optimizer))
+    placed = {t.device.type for t in [*model.parameters(), *model.buffers()]}
+    placed |= {v.device.type for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)}
+    return {"pid": pid, "arch": arch, "probs": probs, "train_loss": train["loss"], "val_acc": val_acc,
+            "seconds": time.perf_counter() - start, "placed": sorted(placed), "inputs": sorted(seen),
+            "peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0,
+            "device": str(device)}
+
+
+# -- the driver: the server's side, and the checks ---------------------------------------------------------
+
+def run_rounds(cfg: dict, workers: int) -> tuple[list[dict], list[dict]]:
+    n, rounds = int(cfg["num_clients"]), int(cfg["num_rounds"])
+    coefficients = KnowledgeCoefficients(n, rho=float(cfg["algorithm"]["rho"]), objective=cfg["algorithm"]["objective"],
+                                         steps=int(cfg["algorithm"]["coef_steps"]),
+                                         normalize=cfg["algorithm"]["normalize"], tau=float(cfg["algorithm"]["tau"]))
+    targets: dict[int, tuple[np.ndarray, int]] = {}
+    history, last = [], []
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked processes
+    with context.Pool(workers, initializer=_init_worker, initargs=(cfg,)) as pool:
+        for rnd in range(1, rounds + 1):
+            start = time.perf_counter()
+            next_seed = alignment_seed(cfg["seed"], rnd)
+            jobs = [(pid, rnd, *targets.get(pid, (None, -1)), next_seed) for pid in range(n)]
+            results = pool.map(client_round, jobs, chunksize=1)
+            probs = np.stack([r["probs"] for r in results])
+            for r in results:
+                why = check_predictions(r["probs"], int(cfg["algorithm"]["align_size"]), probs.shape[2], "probs")
+                check(why is None, f"client {r['pid']} ({r['arch']}) uploaded bad predictions: {why}")
+                check(r["placed"] == [r["device"].split(":")[0]],
+                      f"client {r['pid']} ({r['arch']}): parameters/buffers/optimizer state on {r['placed']}")
+                check(r["inputs"] and all(d.split(":")[0] == r["device"].split(":")[0] for d in r["inputs"]),
+                      f"client {r['pid']} ({r['arch']}): forward passes got inputs on {r['inputs']}")
+            server_start = time.perf_counter()
+            coefficients.update(probs)
+            new_targets = coefficients.targets(probs)
+            targets = {pid: (np.asarray(new_targets[pid], dtype=np.float32), next_seed) for pid in range(n)}
+            history.append({"round": rnd, "seconds": time.perf_counter() - start,
+                            "server_seconds": time.perf_counter() - server_start,
+                            "client_seconds_sum": sum(r["seconds"] for r in results),
+                            "mean_val_acc": float(np.mean([r["val_acc"] for r in results]))})
+            print(f"round {rnd}: {history[-1]['seconds']:.1f} s ({history[-1]['client_seconds_sum']:.1f} client-s "
+                  f"over {workers} workers, server {history[-1]['server_seconds']:.2f} s), "
+                  f"mean val acc {history[-1]['mean_val_acc']:.3f}", flush=True)
+            last = results
+    return history, last
+
+
+def state_loads_on_cpu(cfg: dict, results: list[dict]) -> dict:
+    """Each architecture's first client: its state file (written on the device) into a CPU model, which must
+    predict what the device predicted (same weights, other kernels)."""
+    out = {}
+    x_public, _ = public_data(cfg)
+    for arch in dict.fromkeys(r["arch"] for r in results):
+        r = next(r for r in results if r["arch"] == arch)
+        model = build_model(arch, num_classes=r["probs"].shape[1], in_channels=x_public.shape[1],
+                            norm=cfg["model"]["norm"], stem=cfg["model"]["stem"])
+        state_from_bytes((Path(cfg["run_dir"]) / f"client_{r['pid']:04d}.pt").read_bytes(), model)
+        check({p.device.type for p in model.parameters()} == {"cpu"}, f"{arch}: state did not load on the CPU")
+        idx = alignment_indices(len(x_public), int(cfg["algorithm"]["align_size"]),
+                                alignment_seed(cfg["seed"], int(cfg["num_rounds"])))
+        cpu = soft_predictions(predict_logits(model, x_public[idx], device="cpu"),
+                               float(cfg["algorithm"]["temperature"])).numpy()
+        diff = float(np.abs(cpu - r["probs"]).max())
+        agree = float((cpu.argmax(1) == r["probs"].argmax(1)).mean())
+        check(np.isfinite(cpu).all() and diff < 1e-2, f"{arch}: CPU predictions from the device's state differ "
+                                                      f"by {diff:.3g}")
+        out[arch] = {"max_abs_prob_diff": diff, "argmax_agreement": agree}
+    return out
+
+
+def one_client_twice(cfg: dict, pid: int, device: str) -> dict:
+    """Client `pid`'s first round from scratch (same seed) on `device`, in this process."""
+    cfg = dict(cfg, client=dict(cfg["client"], device=device),
+               run_dir=tempfile.mkdtemp(prefix="fedkt-gpu-check-one-"))
+    _init_worker(cfg)
+    return client_round((pid, 1, None, -1, alignment_seed(cfg["seed"], 1)))
+
+
+def coefficient_timing(device: str, num_clients: int, align_size: int, classes: int = 10) -> dict:
+    """Seconds of one KT-pFL update of c (20 KL steps) on random predictions, CPU and `device`."""
+    probs = torch.softmax(torch.randn(num_clients, align_size, classes, generator=torch.Generator().manual_seed(0)), 2)
+    out = {}
+    for where in dict.fromkeys(["cpu", device]):
+        coefficients = KnowledgeCoefficients(num_clients, steps=20, normalize="simplex", device=where)
+        coefficients.update(probs.numpy())  # warm-up (kernels, allocator)
+        start = time.perf_counter()
+        coefficients.update(probs.numpy())
+        out[where] = time.perf_counter() - start
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, help="CIFAR-10 (data.root), e.g. .gpu_data/cifar10-jpeg.tar.gz")
+    parser.add_argument("--dry", action="store_true", help="CPU, 4 clients of tiny synthetic data (the test suite)")
+    parser.add_argument("--device", default=None, help="default: cuda (cpu with --dry)")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--clients", type=int, default=0, help="default: the paper's 20 (4 with --dry)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="client processes, each a GPU share of 1/workers (default 4; 2 with --dry)")
+    parser.add_argument("--out", type=Path, help="write the figures as JSON here")
+    args = parser.parse_args(argv)
+    if not args.dry and args.data is None:
+        parser.error("--data is required (or --dry)")
+    args.device = args.device or ("cpu" if args.dry else "cuda")
+    args.workers = args.workers or (2 if args.dry else 4)
+    args.work = Path(tempfile.mkdtemp(prefix="fedkt-gpu-check-"))
+    device = pick_device(args.device)  # a clear error where CUDA is missing
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"torch {torch.__version__}, device {device} ({name}), {os.cpu_count()} cores, python "
+          f"{sys.version.split()[0]}", flush=True)
+    cfg = check_config(args)
+    start = time.perf_counter()
+    load_federation(cfg)  # decode the data once into the cache, before the workers read it
+    print(f"data: {cfg['data']['name']}, {int(cfg['num_clients'])} clients, {time.perf_counter() - start:.1f} s",
+          flush=True)
+    report: dict = {"device": str(device), "device_name": name, "torch": torch.__version__, "cfg": cfg}
+    report["rounds"], results = run_rounds(cfg, args.workers)
+    report["state_on_cpu"] = state_loads_on_cpu(cfg, results)
+    print("state written on the device, loaded on the CPU (max |prob diff|, argmax agreement): " + ", ".join(
+        f"{a} {v['max_abs_prob_diff']:.2e} {v['argmax_agreement']:.4f}" for a, v in report["state_on_cpu"].items()))
+    report["peak_memory_mib"] = {}
+    for r in results:
+        mib = r["peak_bytes"] / 2**20
+        report["peak_memory_mib"][r["arch"]] = max(report["peak_memory_mib"].get(r["arch"], 0.0), mib)
+    print("peak memory allocated per client, by architecture (MiB): " + ", ".join(
+        f"{a} {m:.0f}" for a, m in report["peak_memory_mib"].items()))
+    first = one_client_twice(cfg, 0, args.device)
+    again = one_client_twice(cfg, 0, args.device)
+    cpu = one_client_twice(cfg, 0, "cpu")
+    report["one_client"] = {"arch": first["arch"],
+                            "repeat_max_abs_prob_diff": float(np.abs(first["probs"] - again["probs"]).max()),
+                            "cpu_max_abs_prob_diff": float(np.abs(first["probs"] - cpu["probs"]).max()),
+                            "cpu_argmax_agreement": float((first["probs"].argmax(1) == cpu["probs"].argmax(1)).mean())}
+    print(f"client 0 ({first['arch']}), round 1 from the same seed: {args.device} twice max |prob diff| "
+          f"{report['one_client']['repeat_max_abs_prob_diff']:.2e}; {args.device} vs cpu max |prob diff| "
+          f"{report['one_client']['cpu_max_abs_prob_diff']:.2e}, argmax agreement "
+          f"{report['one_client']['cpu_argmax_agreement']:.4f}")
+    sizes = [(int(cfg["num_clients"]), int(cfg["algorithm"]["align_size"]))] + ([] if args.dry else [(1000, 5000)])
+    report["coefficient_update_seconds"] = {f"N={n},M={m}": coefficient_timing(args.device, n, m) for n, m in sizes}
+    for key, seconds in report["coefficient_update_seconds"].items():
+        print(f"coefficient update (20 KL steps) {key}: " + ", ".join(f"{d} {s:.3f} s" for d, s in seconds.items()))
+    later = [h["seconds"] for h in report["rounds"][1:]] or [report["rounds"][0]["seconds"]]
+    print(f"SECONDS PER ROUND ({int(cfg['num_clients'])} clients, align {cfg['algorithm']['align_size']}, "
+          f"{args.workers} workers on {name}): round 1 {report['rounds'][0]['seconds']:.1f}, later {np.median(later):.1f}")
+    if args.out:
+        report["cfg"] = {k: v for k, v in cfg.items()}
+        args.out.write_text(json.dumps(report, indent=1, default=str))
+    print("GPU CHECK PASSED" if device.type == "cuda" else "DRY CHECK PASSED")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except CheckFailed as failure:
+        print(f"GPU CHECK FAILED: {failure}", file=sys.stderr)
+        sys.exit(1)

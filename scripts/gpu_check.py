@@ -223,6 +223,28 @@ def one_client_twice(cfg: dict, pid: int, device: str) -> dict:
     return client_round((pid, 1, None, -1, alignment_seed(cfg["seed"], 1)))
 
 
+def shard_placement_timing(cfg: dict, pid: int, device: str) -> dict:
+    """Seconds of one private epoch of client `pid` with its shard on the CPU (batches copied to the device one
+    at a time, as the clients do) and with the shard moved to the device once, side by side."""
+    set_threads(int(cfg["client"]["num_cpus"]))
+    data, device = client_data(cfg, pid), pick_device(device)
+    out = {}
+    for where in ("cpu", "device"):
+        x, y = (data.x_train, data.y_train) if where == "cpu" else (data.x_train.to(device), data.y_train.to(device))
+        torch.manual_seed(0)
+        model = build_model(client_architectures(cfg)[pid], num_classes=load_federation(cfg)[0].num_classes,
+                            in_channels=x.shape[1],
+                            norm=cfg["model"]["norm"], stem=cfg["model"]["stem"]).to(device)
+        optimizer = make_optimizer(model, float(cfg["client"]["lr"]))
+        for timed in (False, True):  # the first epoch warms kernels and the allocator up
+            start = time.perf_counter()
+            train_epochs(model, x, y, optimizer, epochs=1, batch_size=int(cfg["client"]["batch_size"]),
+                         device=device, augment=bool(cfg["client"]["augment"]), seed=0)
+            if timed:
+                out[where] = time.perf_counter() - start
+    return out
+
+
 def coefficient_timing(device: str, num_clients: int, align_size: int, classes: int = 10) -> dict:
     """Seconds of one KT-pFL update of c (20 KL steps) on random predictions, CPU and `device`."""
     probs = torch.softmax(torch.randn(num_clients, align_size, classes, generator=torch.Generator().manual_seed(0)), 2)
@@ -283,6 +305,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{report['one_client']['repeat_max_abs_prob_diff']:.2e}; {args.device} vs cpu max |prob diff| "
           f"{report['one_client']['cpu_max_abs_prob_diff']:.2e}, argmax agreement "
           f"{report['one_client']['cpu_argmax_agreement']:.4f}")
+    resnet = next((p for p, a in enumerate(client_architectures(cfg)) if a == "resnet18"), 0)
+    report["shard_epoch_seconds"] = shard_placement_timing(cfg, resnet, args.device)
+    print(f"one epoch of client {resnet} ({client_architectures(cfg)[resnet]}) with its shard on the cpu (batches "
+          f"copied one at a time) {report['shard_epoch_seconds']['cpu']:.2f} s, moved to {args.device} once "
+          f"{report['shard_epoch_seconds']['device']:.2f} s")
     sizes = [(int(cfg["num_clients"]), int(cfg["algorithm"]["align_size"]))] + ([] if args.dry else [(1000, 5000)])
     report["coefficient_update_seconds"] = {f"N={n},M={m}": coefficient_timing(args.device, n, m) for n, m in sizes}
     for key, seconds in report["coefficient_update_seconds"].items():

@@ -270,7 +270,7 @@ def test_gpu_check_dry_runs_the_whole_check_on_cpu(tmp_path):
     assert set(report["state_on_cpu"]) == set(ARCHITECTURES)  # every architecture's state reloaded on the CPU
     assert all(v["max_abs_prob_diff"] < 1e-6 for v in report["state_on_cpu"].values())  # CPU -> CPU: same kernels
     assert report["one_client"]["repeat_max_abs_prob_diff"] == 0.0  # same seed, same figures on the CPU
-    assert set(report["coefficient_update_seconds"]["N=4,M=32"]) == {"cpu"}
+    assert set(report["coefficient_update_seconds"]["N=4,M=32,steps=20"]) == {"cpu"}
 
 
 def test_gpu_check_needs_no_flower_ray_or_hydra():

@@ -6,7 +6,8 @@ or Hydra: the GPU machine this project borrows. One command, a few minutes (docs
 
 What runs is the clients' and the server's work of KT-pFL without Ray and without Flower: the flower-free
 layers fedkt's KnowledgeClient and KnowledgeTransfer strategy call (task, models, train, core), composed the
-way a round composes them. --workers processes stand for Ray's client actors: each is spawned, sees the GPU as
+way a round composes them (on the CPU its uploads equal KnowledgeClient.fit's bit for bit: a test checks it).
+--workers processes stand for Ray's client actors: each is spawned, sees the GPU as
 the actor with a GPU share of 1/--workers would (cuda:0), uses one CPU thread (client.num_cpus=1), and runs its
 clients one after another, rebuilding each from the state file it wrote the round before. The driver validates
 the uploads, updates the coefficient matrix c and sends each client its target. Default setting: the paper's
@@ -150,6 +151,7 @@ def client_round(job: tuple) -> dict:
     return {"pid": pid, "arch": arch, "probs": probs, "train_loss": train["loss"], "val_acc": val_acc,
             "seconds": time.perf_counter() - start, "placed": sorted(placed), "inputs": sorted(seen),
             "peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0,
+            "peak_reserved_bytes": torch.cuda.max_memory_reserved(device) if device.type == "cuda" else 0,
             "device": str(device)}
 
 
@@ -292,11 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     print("state written on the device, loaded on the CPU (max |prob diff|, argmax agreement): " + ", ".join(
         f"{a} {v['max_abs_prob_diff']:.2e} {v['argmax_agreement']:.4f}" for a, v in report["state_on_cpu"].items()))
     report["peak_memory_mib"] = {}
-    for r in results:
-        mib = r["peak_bytes"] / 2**20
-        report["peak_memory_mib"][r["arch"]] = max(report["peak_memory_mib"].get(r["arch"], 0.0), mib)
-    print("peak memory allocated per client, by architecture (MiB): " + ", ".join(
-        f"{a} {m:.0f}" for a, m in report["peak_memory_mib"].items()))
+    for r in results:  # the last round's; reserved: what the worker's allocator held by then (all its clients)
+        mib = report["peak_memory_mib"].setdefault(r["arch"], {"allocated": 0.0, "reserved": 0.0})
+        mib["allocated"] = max(mib["allocated"], r["peak_bytes"] / 2**20)
+        mib["reserved"] = max(mib["reserved"], r["peak_reserved_bytes"] / 2**20)
+    print("peak memory per client, by architecture (MiB allocated / reserved by its worker): " + ", ".join(
+        f"{a} {m['allocated']:.0f} / {m['reserved']:.0f}" for a, m in report["peak_memory_mib"].items()))
     first = one_client_twice(cfg, 0, args.device)
     again = one_client_twice(cfg, 0, args.device)
     cpu = one_client_twice(cfg, 0, "cpu")
@@ -321,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"coefficient update (KL) {key}: " + ", ".join(f"{d} {s:.3f} s" for d, s in seconds.items()))
     later = [h["seconds"] for h in report["rounds"][1:]] or [report["rounds"][0]["seconds"]]
     print(f"SECONDS PER ROUND ({int(cfg['num_clients'])} clients, align {cfg['algorithm']['align_size']}, "
-          f"{args.workers} workers on {name}): round 1 {report['rounds'][0]['seconds']:.1f}, later {np.median(later):.1f}")
+          f"{args.workers} workers on {name}): round 1 {report['rounds'][0]['seconds']:.1f}, "
+          f"later {np.median(later):.1f}")
     if args.out:
         report["cfg"] = {k: v for k, v in cfg.items()}
         args.out.write_text(json.dumps(report, indent=1, default=str))

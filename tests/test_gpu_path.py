@@ -15,6 +15,7 @@ import tempfile
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -280,3 +281,36 @@ def test_gpu_check_needs_no_flower_ray_or_hydra():
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]  # run_path without __main__: imports only
+
+
+def test_gpu_check_client_round_is_the_knowledge_clients_fit(tmp_path, monkeypatch):
+    """The check runs the client's round without Flower; on the CPU it must upload exactly what the real
+    KnowledgeClient uploads for the same config, round, target and seeds (rounds 1 and 2), so that the check
+    cannot drift from the client it stands for."""
+    import importlib.util
+
+    from flwr.app import RecordDict
+    from flwr.common import Context
+
+    from fedkt.client_app import KnowledgeClient
+    from fedkt.core import soft_predictions
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    monkeypatch.setenv("FEDKT_CACHE", str(tmp_path / "cache"))
+    cfg = compose(["experiment=smoke", "model.architectures=[lenet,alexnet]", "client.device=cpu"])
+    pid, seeds = 2, (11, 22)  # clients 0, 1: lenet; 2, 3: alexnet
+    client = KnowledgeClient(dict(cfg, run_dir=str(tmp_path / "client")),
+                             Context(run_id=0, node_id=7, node_config={"partition-id": pid}, state=RecordDict(),
+                                     run_config={}))
+    gpu_check._init_worker(dict(cfg, run_dir=str(tmp_path / "check")))
+    target, target_seed = None, -1
+    for rnd, next_seed in enumerate(seeds, start=1):
+        fit = {"round": rnd, "epochs": 1, "next_seed": next_seed, "target_seed": target_seed,
+               "target_partition": pid if target is not None else -1}
+        (logits,), _, _ = client.fit([] if target is None else [target], fit)
+        mine = gpu_check.client_round((pid, rnd, target, target_seed, next_seed))
+        assert mine["arch"] == "alexnet" and mine["placed"] == ["cpu"] and mine["inputs"] == ["cpu"]
+        np.testing.assert_array_equal(mine["probs"], soft_predictions(logits, cfg["algorithm"]["temperature"]))
+        target, target_seed = np.roll(mine["probs"], 1, axis=1), next_seed  # a target unlike its own

@@ -90,6 +90,21 @@ def test_validate_names_the_key(override, key, monkeypatch):
         validate(cfg)
 
 
+@pytest.mark.parametrize("loss, ok", [("kl", False), ("l1", True), ("mse", True)])
+def test_fedmd_logit_consensus_needs_a_logit_loss(loss, ok):
+    """Mean logits distilled with kl fail every client in round 2 ("targets must be probabilities"):
+    refused before Ray starts, naming both keys and the combinations that work."""
+    cfg = compose(["algorithm=fedmd", "algorithm.consensus=logits", f"algorithm.distill_loss={loss}"])
+    if ok:
+        validate(cfg)
+        return
+    with pytest.raises(ConfigError) as error:
+        validate(cfg)
+    for words in ("algorithm.consensus=logits", "algorithm.distill_loss=kl", "consensus=probs with distill_loss=kl",
+                  "distill_loss=l1 or mse"):
+        assert words in str(error.value)
+
+
 def test_default_and_presets_validate():
     for preset in ("quick", "smoke", "paper_type1", "paper_type2", "paper_cpu"):
         for algorithm in ("ktpfl", "fedmd", "local"):

@@ -149,6 +149,11 @@ def validate(cfg: dict) -> None:
                           "targets: it needs algorithm.distill_loss=kl")
     if name == "fedmd" and get(cfg, "algorithm.consensus") == "logits" and get(cfg, "algorithm.upload") != "logits":
         raise ConfigError("algorithm.consensus=logits needs algorithm.upload=logits")
+    if name == "fedmd" and get(cfg, "algorithm.consensus") == "logits" and get(cfg, "algorithm.distill_loss") == "kl":
+        raise ConfigError(
+            "algorithm.consensus=logits with algorithm.distill_loss=kl: the server would send mean logits, and kl "
+            "distils towards probabilities; use consensus=probs with distill_loss=kl, or consensus=logits with "
+            "distill_loss=l1 or mse")
     if get(cfg, "client.warmup_public_epochs") > 0 and get(cfg, "data.public_size") == 0:
         raise ConfigError("client.warmup_public_epochs > 0 needs a public set (data.public_size > 0)")
     for key in ("min_fit_fraction", "faults.fail_prob"):

@@ -32,7 +32,7 @@ def make_config(run_dir, algorithm, partition, seed, num_rounds, num_clients=4, 
 
 
 def fake_run(run_dir, algorithm="ktpfl", partition="type1", seed=0, history=(0.2, 0.3, 0.4), num_rounds=None,
-             status="completed", error="", num_clients=4, norm="none", nan_round=None, extra=None):
+             status="completed", error="", num_clients=4, norm="none", nan_round=None, extra=None, val_history=None):
     """A run directory as fedkt.sim leaves it: config, partition, then RunRecorder's files round by round."""
     run_dir = Path(run_dir)
     num_rounds = num_rounds or len(history)
@@ -60,6 +60,8 @@ def fake_run(run_dir, algorithm="ktpfl", partition="type1", seed=0, history=(0.2
                   "mean_test_loss": 2.0 - mean, "eval_clients": num_clients, "fit_clients": num_clients,
                   "fit_failures": 0, "eval_failures": 0, "rejected": 0, "bytes_up": 4000 * num_clients,
                   "bytes_down": 0 if k == 1 or algorithm == "local" else 4000 * num_clients, "seconds": 1.5}
+        if val_history is not None:
+            record["mean_val_acc"] = val_history[k - 1]
         rows = []
         for pid in range(num_clients):
             row = {"round": k, "partition_id": pid, "architecture": ARCHS[pid % len(ARCHS)],
@@ -314,3 +316,17 @@ def test_callback_runs_at_the_end_of_a_real_multirun(tmp_path):
     assert group["n"] == 2 and group["final_mean"] == pytest.approx(0.35)
     assert (sweep / "curves_type1.png").is_file()
     assert "written to" in proc.stdout + proc.stderr
+
+
+def test_the_best_round_is_chosen_by_validation_never_by_test_accuracy(tmp_path):
+    """Round 2 has the best test accuracy, round 3 the best validation accuracy: the summary and the report
+    quote round 3's test accuracy, and nothing picked by test accuracy appears."""
+    run = fake_run(tmp_path / "run", history=(0.2, 0.5, 0.4), val_history=(0.3, 0.35, 0.6))
+    summary = json.loads((run / "summary.json").read_text())
+    assert "best_mean_test_acc" not in summary
+    assert summary["val_selected_round"] == 3 and summary["val_selected_mean_test_acc"] == pytest.approx(0.4)
+    report = write_report([run], tmp_path / "report")
+    text = report.markdown.read_text()
+    assert "acc at best-val round" in text and "0.4000" in text and "0.5000" not in text
+    group = json.loads((tmp_path / "report" / "report.json").read_text())["groups"][0]
+    assert group["val_selected_mean"] == pytest.approx(0.4) and "best_mean" not in group

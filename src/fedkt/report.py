@@ -105,8 +105,10 @@ class Run:
         return to_float(self.summary.get("final_mean_test_acc"))
 
     @property
-    def best(self) -> float:
-        return to_float(self.summary.get("best_mean_test_acc"))
+    def val_selected(self) -> float:
+        """Mean test accuracy in the round with the best mean validation accuracy (NaN for runs recorded
+        before fedkt chose it; their best_mean_test_acc, chosen on test data, is not shown)."""
+        return to_float(self.summary.get("val_selected_mean_test_acc"))
 
     @property
     def included(self) -> bool:
@@ -159,9 +161,9 @@ class Group:
         return float(np.std(self.finals, ddof=1)) if self.n > 1 else None
 
     @property
-    def best_mean(self) -> float:
-        best = np.array([r.best for r in self.runs])
-        return float(np.mean(best)) if np.isfinite(best).all() else math.nan
+    def val_selected_mean(self) -> float:
+        chosen = np.array([r.val_selected for r in self.runs])
+        return float(np.mean(chosen)) if np.isfinite(chosen).all() else math.nan
 
     def architecture_mean(self, arch: str) -> float:
         """Mean over seeds of the architecture's final accuracy; NaN unless every run has it."""
@@ -360,11 +362,11 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 
 def mean_table(groups: list[Group], with_setting: bool) -> list[str]:
     header = ["partition", "algorithm"] + (["setting"] if with_setting else []) + [
-        "n", "final acc mean", "final acc std", "best acc mean", "seeds"]
+        "n", "final acc mean", "final acc std", "acc at best-val round", "seeds"]
     rows = []
     for g in groups:
         rows.append([g.partition, g.algorithm] + ([g.setting or "(default)"] if with_setting else []) + [
-            g.n, _acc(g.mean), _acc(g.std) if g.std is not None else _MISSING, _acc(g.best_mean),
+            g.n, _acc(g.mean), _acc(g.std) if g.std is not None else _MISSING, _acc(g.val_selected_mean),
             ", ".join(str(r.seed) for r in g.runs)])
     return _table(header, rows)
 
@@ -459,7 +461,8 @@ def report_json(report: Report) -> dict:
         "setting_keys": report.setting_keys,
         "groups": [{"partition": g.partition, "algorithm": g.algorithm, "setting": g.setting, "n": g.n,
                     "seeds": [r.seed for r in g.runs], "final_mean": number(g.mean),
-                    "final_std": number(g.std) if g.std is not None else None, "best_mean": number(g.best_mean),
+                    "final_std": number(g.std) if g.std is not None else None,
+                    "val_selected_mean": number(g.val_selected_mean),
                     "finals": [number(r.final) for r in g.runs], "runs": [r.label for r in g.runs],
                     "architecture_means": {a: number(g.architecture_mean(a))
                                            for a in dict.fromkeys(a for r in g.runs for a in r.architecture_finals)}}

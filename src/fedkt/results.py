@@ -3,7 +3,8 @@
 - metrics.csv / metrics.json: one row per round (mean, spread, failures, seconds, bytes);
 - clients.csv: one row per client per round (architecture, test/val/train accuracy, losses, seconds, bytes);
 - coefficients.npy: KT-pFL's c after every round, shape (rounds, N, N);
-- summary.json: status, final_mean_test_acc, the per-round mean history and the wall time;
+- summary.json: status, final_mean_test_acc, the per-round mean history, the round chosen by mean validation
+  accuracy and its test accuracy (never a round chosen on test data), and the wall time;
 - checkpoint.pkl: the server's state after the last complete round (with clients/ it resumes a run).
 """
 
@@ -135,8 +136,8 @@ class RunRecorder:
             "num_rounds": self.num_rounds,
             "rounds_completed": len(self.rounds),
             "final_mean_test_acc": history[-1] if history else None,
-            "best_mean_test_acc": max(history) if history else None,
             "mean_test_acc_history": history,
+            **val_selected(self.rounds),
             "final_client_test_acc": {r["partition_id"]: r.get("test_acc") for r in self.client_rows
                                       if r["round"] == (self.rounds[-1]["round"] if self.rounds else -1)},
             "wall_seconds": self.wall_seconds(),
@@ -145,6 +146,16 @@ class RunRecorder:
         }
         dump_json(self.run_dir / "summary.json", summary)
         return summary
+
+
+def val_selected(rounds: list[dict]) -> dict:
+    """The round with the highest mean validation accuracy (the earliest of ties) and that round's mean test
+    accuracy: the figure to quote for "the best round", chosen without looking at test data."""
+    scored = [(r["mean_val_acc"], -i) for i, r in enumerate(rounds) if math.isfinite(r.get("mean_val_acc", math.nan))]
+    if not scored:
+        return {"val_selected_round": None, "val_selected_mean_test_acc": None}
+    chosen = rounds[-max(scored)[1]]
+    return {"val_selected_round": chosen["round"], "val_selected_mean_test_acc": chosen["mean_test_acc"]}
 
 
 def format_duration(seconds: float) -> str:

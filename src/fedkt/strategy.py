@@ -281,6 +281,7 @@ class KnowledgeTransfer(Strategy):
             rows.append(row)
         accs = np.array([r["test_acc"] for r in rows if "test_acc" in r], dtype=float)
         losses = np.array([r["test_loss"] for r in rows if "test_loss" in r], dtype=float)
+        val_accs = np.array([r["fit_val_acc"] for r in rows if "fit_val_acc" in r], dtype=float)
         record = {k: v for k, v in self._round.items() if k != "start"}
         record.update(
             round=server_round,
@@ -289,6 +290,7 @@ class KnowledgeTransfer(Strategy):
             min_test_acc=float(accs.min()) if accs.size else float("nan"),
             max_test_acc=float(accs.max()) if accs.size else float("nan"),
             mean_test_loss=float(losses.mean()) if losses.size else float("nan"),
+            mean_val_acc=float(val_accs.mean()) if val_accs.size else float("nan"),
             eval_clients=int(accs.size), eval_failures=eval_failures,
             seconds=time.time() - self._round.get("start", time.time()))
         self.history.append(record)

@@ -128,6 +128,27 @@ def test_repeated_partition_id_is_rejected():
     assert set(strategy.targets) == {0, 2}
 
 
+def test_evaluation_results_pass_the_same_identity_check_as_uploads(caplog):
+    """A node may not overwrite another client's test accuracy: an evaluation result claiming a partition
+    id that belongs to another live node, one claimed twice, or one unlike the node's own is ignored."""
+    rng = np.random.default_rng(5)
+    manager, proxies = make_manager(["a", "b", "c", "d"])
+    strategy = KnowledgeTransfer(make_cfg(), num_classes=C)
+    arr = lambda: rng.normal(size=(M, C)).astype(np.float32)  # noqa: E731
+    run_round(strategy, manager, proxies, {nid: (pid, arr()) for pid, nid in enumerate("abcd")})
+    strategy.configure_fit(2, ndarrays_to_parameters([]), manager)
+    strategy.aggregate_fit(2, [(proxies[n], fit_res(p, arr())) for p, n in enumerate("abcd")], [])
+    evals = [(proxies["a"], eval_res(0, 0.6)), (proxies["b"], eval_res(1, 0.7)),
+             (proxies["c"], eval_res(0, 0.0)),    # c is client 2: claims a's id
+             (proxies["d"], eval_res(3, 0.8)), (proxies["d"], eval_res(3, 0.1)),  # claimed twice
+             (proxies["c"], eval_res(2, 0.9))]
+    with caplog.at_level("WARNING", logger="fedkt"):
+        strategy.aggregate_evaluate(2, evals, [])
+    accs = {row["partition_id"]: row["test_acc"] for row in strategy.client_rows if row["round"] == 2}
+    assert accs == {0: 0.6, 1: 0.7, 2: 0.9, 3: 0.8}
+    assert sum("evaluation result ignored" in r.getMessage() for r in caplog.records) == 2
+
+
 def test_fedmd_sends_everyone_the_consensus():
     rng = np.random.default_rng(3)
     manager, proxies = make_manager(["a", "b", "c", "d"])

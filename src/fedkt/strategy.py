@@ -155,7 +155,7 @@ class KnowledgeTransfer(Strategy):
         for proxy, res in results:
             metrics = dict(res.metrics)
             pid = metrics.get("partition_id")
-            reason = self._check_identity(proxy.cid, pid)
+            reason = self._check_identity(proxy.cid, pid, claimed=self._clients)
             arrays = parameters_to_ndarrays(res.parameters)
             bytes_up += sum(a.nbytes for a in arrays)
             if reason is None and self.algorithm != "local":
@@ -184,11 +184,12 @@ class KnowledgeTransfer(Strategy):
             self._update_targets(server_round, uploads)
         return None, {"fit_failures": len(failures), "rejected": len(rejected)}
 
-    def _check_identity(self, node: str, pid) -> str | None:
-        """A partition id must be valid, claimed once per round, and the one this node had before."""
+    def _check_identity(self, node: str, pid, claimed) -> str | None:
+        """A partition id must be valid, claimed once per round (`claimed`: the ids already taken in this
+        phase), and the one this node had before."""
         if not isinstance(pid, int) or not 0 <= pid < self.num_clients:
             return f"invalid partition id {pid!r} from node {node}"
-        if pid in self._clients:
+        if pid in claimed:
             return f"partition id {pid} claimed twice in one round (again by node {node})"
         known = self.node_to_partition.get(node)
         if known is not None and known != pid:
@@ -204,11 +205,14 @@ class KnowledgeTransfer(Strategy):
 
     def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]], failures):
         server_round += self.round_offset
+        evaluated: set[int] = set()
         for proxy, res in results:
             pid = res.metrics.get("partition_id")
-            if not isinstance(pid, int) or not 0 <= pid < self.num_clients:
-                log.warning("round %d: evaluation result with bad partition id %r ignored", server_round, pid)
+            reason = self._check_identity(proxy.cid, pid, claimed=evaluated)
+            if reason:
+                log.warning("round %d: evaluation result ignored: %s", server_round, reason)
                 continue
+            evaluated.add(pid)
             row = self._clients.setdefault(pid, {})
             row.update(test_loss=float(res.loss), test_acc=float(res.metrics["test_acc"]),
                        test_samples=int(res.num_examples))

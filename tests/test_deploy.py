@@ -128,7 +128,7 @@ def check_complete_run(out, state_root, output: str):
     assert np.abs(c[-1] - 1 / 3).max() > 1e-3, c[-1]  # c moved from 1/N
     config = json.loads((run / "config.json").read_text())
     assert config["num_clients"] == 3 and config["data"]["num_classes"] == 10
-    assert (run / "checkpoint.pkl").exists() and (run / "accuracy.png").exists()
+    assert (run / "checkpoint.npz").exists() and (run / "accuracy.png").exists()
     assert "round 2/2 | mean test acc" in output  # our progress line, streamed by `flwr run --stream`
     run_id = run.name.rsplit("_run", 1)[1]
     for i in range(3):  # each SuperNode kept its client's state where its --node-config said

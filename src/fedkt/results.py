@@ -5,7 +5,8 @@
 - coefficients.npy: KT-pFL's c after every round, shape (rounds, N, N);
 - summary.json: status, final_mean_test_acc, the per-round mean history, the round chosen by mean validation
   accuracy and its test accuracy (never a round chosen on test data), and the wall time;
-- checkpoint.pkl: the server's state after the last complete round (with clients/ it resumes a run).
+- checkpoint.npz: the server's state after the last complete round (with clients/ it resumes a run); arrays
+  and JSON only, so loading it runs no code (`read_checkpoint`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import json
 import logging
 import math
 import os
-import pickle
 import time
 from pathlib import Path
 
@@ -60,6 +60,65 @@ def dump_json(path: Path, value) -> None:
     write_atomic(path, json.dumps(_json_safe(value), indent=2))
 
 
+CHECKPOINT = "checkpoint.npz"
+OLD_CHECKPOINT = "checkpoint.pkl"  # fedkt before 2026-11-29: a pickle, never loaded (unpickling can run code)
+
+
+def pack_state(state) -> bytes:
+    """A nested state (dicts, lists, tuples, numbers, strings, None, numpy arrays) as the bytes of one .npz
+    file: each array stored as itself, the rest as JSON in the array "__state__". Tuples come back as lists."""
+    arrays: dict[str, np.ndarray] = {}
+
+    def encode(value):
+        if isinstance(value, np.ndarray):
+            if value.dtype.hasobject:
+                raise TypeError("object arrays cannot be stored without pickle")
+            arrays[f"a{len(arrays)}"] = value
+            return {"__array__": f"a{len(arrays) - 1}"}
+        if isinstance(value, dict):
+            if all(isinstance(k, str) for k in value):
+                return {k: encode(v) for k, v in value.items()}
+            return {"__items__": [[encode(k), encode(v)] for k, v in value.items()]}
+        if isinstance(value, (list, tuple)):
+            return [encode(v) for v in value]
+        return value.item() if isinstance(value, np.generic) else value
+
+    text = json.dumps(encode(state))
+    buffer = io.BytesIO()
+    np.savez(buffer, __state__=np.frombuffer(text.encode(), dtype=np.uint8), **arrays)
+    return buffer.getvalue()
+
+
+def unpack_state(path: str | Path):
+    """What pack_state wrote, read with allow_pickle=False."""
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+
+    def decode(value):
+        if isinstance(value, dict):
+            if set(value) == {"__array__"}:
+                return arrays[value["__array__"]]
+            if set(value) == {"__items__"}:
+                return {decode(k): decode(v) for k, v in value["__items__"]}
+            return {k: decode(v) for k, v in value.items()}
+        return [decode(v) for v in value] if isinstance(value, list) else value
+
+    return decode(json.loads(arrays.pop("__state__").tobytes().decode()))
+
+
+def read_checkpoint(run_dir: str | Path) -> dict | None:
+    """The run's checkpoint, or None when it has none; ValueError for a checkpoint in the old pickle format."""
+    run_dir = Path(run_dir)
+    if (run_dir / CHECKPOINT).exists():
+        return unpack_state(run_dir / CHECKPOINT)
+    if (run_dir / OLD_CHECKPOINT).exists():
+        raise ValueError(
+            f"{run_dir / OLD_CHECKPOINT} is a pickle written by an older fedkt; fedkt no longer loads pickles (loading "
+            "one can run any code), so this run cannot be resumed: start it again. Its records (metrics.csv, "
+            "clients.csv, summary.json) stay readable by fedkt.report.")
+    return None
+
+
 class RunRecorder:
     """Called by the strategy after every round; keeps the run directory up to date and logs progress."""
 
@@ -95,7 +154,7 @@ class RunRecorder:
     def save_checkpoint(self, server_state: dict) -> None:
         """After a complete round: the server's state plus what this recorder holds, written atomically."""
         state = {"server": server_state, "coefficients": self.coefficients, "wall_seconds": self.wall_seconds()}
-        write_atomic(self.run_dir / "checkpoint.pkl", pickle.dumps(state))
+        write_atomic(self.run_dir / CHECKPOINT, pack_state(state))
 
     def restore(self, checkpoint: dict) -> dict:
         """Take up a killed run's records; returns the server's state to load into the strategy."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from fedkt.config import (ConfigError, base_defaults, client_architectures, flatten, get, gpus_per_client, unflatten,
                           validate)
 from fedkt.data import DataError
-from fedkt.results import RunRecorder, dump_json
+from fedkt.results import RunRecorder, dump_json, read_checkpoint
 from fedkt.strategy import FederationError
 from fedkt.task import load_federation
 
@@ -108,9 +107,11 @@ def resume(run_dir: str | Path) -> dict:
                           "only runs with client.state_store=disk can be resumed")
     data, _ = load_federation(cfg)
     recorder = RunRecorder(run_dir, cfg)
-    state = None
-    if (run_dir / "checkpoint.pkl").exists():
-        state = recorder.restore(pickle.loads((run_dir / "checkpoint.pkl").read_bytes()))
+    try:
+        checkpoint = read_checkpoint(run_dir)
+    except ValueError as error:
+        raise ConfigError(f"resume={run_dir}: {error}") from None
+    state = None if checkpoint is None else recorder.restore(checkpoint)
     log.info("resuming %s after round %d of %d", run_dir, state["round"] if state else 0, cfg["num_rounds"])
     return _federate(cfg, run_dir, data.num_classes, recorder, state)
 

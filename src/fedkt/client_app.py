@@ -129,6 +129,7 @@ class KnowledgeClient(NumPyClient):
                 raise ValueError(f"client {self.partition_id} was sent the target of client "
                                  f"{config['target_partition']}")
             metrics["distill_loss"] = self._distill(parameters[0], int(config["target_seed"]), seed)
+            metrics["distill_lr"] = self._distill_lr()
         train = train_epochs(self.model, self.data.x_train, self.data.y_train, self.optimizer,
                              epochs=int(config["epochs"]), batch_size=int(c["batch_size"]), device=self.device,
                              augment=bool(c["augment"]), seed=seed)
@@ -159,7 +160,7 @@ class KnowledgeClient(NumPyClient):
         c, algo = self.cfg["client"], self.cfg["algorithm"]
         x_public, _ = public_data(self.cfg)
         idx = alignment_indices(len(x_public), int(algo["align_size"]), target_seed)
-        optimizer = make_optimizer(self.model, float(algo["distill_lr"]), momentum=float(c["momentum"]),
+        optimizer = make_optimizer(self.model, self._distill_lr(), momentum=float(c["momentum"]),
                                    weight_decay=float(c["weight_decay"]))
         target = np.asarray(target, dtype=np.float32)
         if algo["target_shift"] != "none":
@@ -169,6 +170,14 @@ class KnowledgeClient(NumPyClient):
                              optimizer, epochs=int(algo["distill_epochs"]),
                              batch_size=int(algo["distill_batch_size"]), temperature=float(algo["temperature"]),
                              loss=algo["distill_loss"], device=self.device, seed=seed))
+
+    def _distill_lr(self) -> float:
+        """algorithm.distill_lr, scaled by the factor client.lr_policy has applied to the private rate so far
+        (distill_lr_policy=follow), or as it is (fixed)."""
+        base = float(self.cfg["algorithm"]["distill_lr"])
+        if self.cfg["algorithm"]["distill_lr_policy"] == "fixed":
+            return base
+        return base * self.policy.lr / self.policy.base_lr
 
     def _predict(self, align_seed: int) -> np.ndarray:
         algo = self.cfg["algorithm"]

@@ -30,6 +30,7 @@ CHOICES = {
     "algorithm.distill_loss": ("kl", "l1", "mse"),
     "algorithm.target_shift": ("none", "classes", "prior"),
     "client.lr_policy": ("constant", "plateau", "cosine"),
+    "algorithm.distill_lr_policy": ("follow", "fixed"),
     "client.state_store": ("disk", "context"),
 }
 

@@ -128,8 +128,7 @@ class KnowledgeClient(NumPyClient):
             if int(config["target_partition"]) != self.partition_id:
                 raise ValueError(f"client {self.partition_id} was sent the target of client "
                                  f"{config['target_partition']}")
-            metrics["distill_loss"] = self._distill(parameters[0], int(config["target_seed"]), seed)
-            metrics["distill_lr"] = self._distill_lr()
+            metrics.update(self._guarded_distill(parameters[0], int(config["target_seed"]), seed))
         train = train_epochs(self.model, self.data.x_train, self.data.y_train, self.optimizer,
                              epochs=int(config["epochs"]), batch_size=int(c["batch_size"]), device=self.device,
                              augment=bool(c["augment"]), seed=seed)
@@ -155,6 +154,25 @@ class KnowledgeClient(NumPyClient):
         return float(loss), len(self.data.y_test), {"partition_id": self.partition_id, "test_acc": float(acc)}
 
     # -- steps ------------------------------------------------------------------------------------
+
+    def _guarded_distill(self, target: np.ndarray, target_seed: int, seed: int) -> dict:
+        """Distil; with client.distill_guard=val, undo it when it lowered the validation accuracy (the model
+        goes back to its weights before distilling; the private optimizer is not touched by distillation)."""
+        guard = self.cfg["client"]["distill_guard"] == "val"
+        if guard:
+            weights = {name: value.detach().clone() for name, value in self.model.state_dict().items()}
+            val_before = self._val_acc()
+        metrics = {"distill_loss": self._distill(target, target_seed, seed), "distill_lr": self._distill_lr()}
+        if guard:
+            val_after = self._val_acc()
+            metrics["distill_kept"] = int(not val_after < val_before)
+            if not metrics["distill_kept"]:
+                self.model.load_state_dict(weights)
+        return metrics
+
+    def _val_acc(self) -> float:
+        return evaluate_model(self.model, self.data.x_val, self.data.y_val,
+                              batch_size=int(self.cfg["client"]["eval_batch_size"]), device=self.device)[1]
 
     def _distill(self, target: np.ndarray, target_seed: int, seed: int) -> float:
         c, algo = self.cfg["client"], self.cfg["algorithm"]

@@ -32,6 +32,7 @@ CHOICES = {
     "client.lr_policy": ("constant", "plateau", "cosine"),
     "algorithm.distill_lr_policy": ("follow", "fixed"),
     "client.state_store": ("disk", "context"),
+    "client.distill_guard": ("none", "val"),
 }
 
 POSITIVE = (  # keys that must be > 0

@@ -330,3 +330,51 @@ def test_the_best_round_is_chosen_by_validation_never_by_test_accuracy(tmp_path)
     assert "acc at best-val round" in text and "0.4000" in text and "0.5000" not in text
     group = json.loads((tmp_path / "report" / "report.json").read_text())["groups"][0]
     assert group["val_selected_mean"] == pytest.approx(0.4) and "best_mean" not in group
+
+
+def test_t_quantiles():
+    from fedkt.report import t975
+
+    assert t975(1) == 12.706 and t975(4) == 2.776 and t975(30) == 2.042
+    assert t975(40) == pytest.approx(2.021, abs=1e-3) and t975(120) == pytest.approx(1.980, abs=1e-3)
+
+
+def test_paired_differences_match_seeds_and_give_a_t_interval(tmp_path):
+    import statistics
+
+    finals = {"ktpfl": {0: 0.50, 1: 0.52, 2: 0.55, 3: 0.9}, "local": {0: 0.45, 1: 0.50, 2: 0.49},
+              "fedmd": {0: 0.45, 1: 0.47, 2: 0.50}}  # ktpfl's seed 3 has no partner: not paired
+    for algorithm, by_seed in finals.items():
+        for seed, final in by_seed.items():
+            fake_run(tmp_path / f"{algorithm}_s{seed}", algorithm=algorithm, seed=seed, history=(0.3, final))
+    report = write_report([tmp_path], tmp_path / "report")
+    pairs = {(p.a, p.b): p for p in report.paired}
+    assert set(pairs) == {("ktpfl", "fedmd"), ("ktpfl", "local"), ("fedmd", "local")}
+    vs_local = pairs[("ktpfl", "local")]
+    diffs = [0.05, 0.02, 0.06]
+    assert vs_local.seeds == [0, 1, 2] and vs_local.diffs == pytest.approx(diffs)
+    assert vs_local.mean == pytest.approx(statistics.mean(diffs))
+    assert vs_local.half_width == pytest.approx(4.303 * statistics.stdev(diffs) / 3 ** 0.5)
+    assert vs_local.verdict == "level"  # the interval [-0.84, +9.50] points holds zero
+    assert pairs[("ktpfl", "fedmd")].verdict == "ktpfl ahead"  # +5 points on every seed
+    text = report.markdown.read_text()
+    assert "### Paired differences" in text and "| ktpfl − local | 3 | +4.33 | [-0.84, +9.50] | level |" in text
+    saved = json.loads((tmp_path / "report" / "report.json").read_text())["paired"]
+    assert {(p["a"], p["b"], p["verdict"]) for p in saved} >= {("ktpfl", "local", "level")}
+
+
+def test_sweep_figure_against_any_swept_key(tmp_path):
+    for size in (60, 300, 800):
+        for algorithm, gain in (("ktpfl", 0.03), ("local", 0.0)):
+            for seed in (0, 1):
+                final = 0.3 + size / 2000 + gain + 0.01 * seed
+                fake_run(tmp_path / "runs" / f"{algorithm}_{size}_s{seed}", algorithm=algorithm, seed=seed,
+                         history=(0.2, final), extra={"data": {"samples_per_client": size}})
+    report = write_report([tmp_path / "runs"], tmp_path / "report", x_key="data.samples_per_client")
+    sweep = tmp_path / "report" / "sweep_type1.png"
+    assert sweep in report.figures and sweep.read_bytes().startswith(PNG_SIGNATURE)
+    assert "sweep_type1.png" in report.markdown.read_text()
+    assert sorted(p.setting for p in report.paired) == [f"data.samples_per_client={s}" for s in (300, 60, 800)]
+    assert all(p.mean == pytest.approx(0.03) and p.verdict == "ktpfl ahead" for p in report.paired)
+    with pytest.raises(ValueError, match="no run's config has that key"):
+        write_report([tmp_path / "runs"], tmp_path / "report", x_key="data.no_such_key")

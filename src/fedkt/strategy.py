@@ -136,7 +136,10 @@ class KnowledgeTransfer(Strategy):
             if proxy.cid in self.node_to_partition:
                 continue
             try:
-                res = proxy.get_properties(GetPropertiesIns({}), timeout=60, group_id=self._round["round"])
+                # as long as a round may wait: a fresh ClientApp's first message (imports, data) can take over a
+                # minute on a loaded machine, and a node that does not answer gets no target this round
+                res = proxy.get_properties(GetPropertiesIns({}), timeout=float(get(self.cfg, "round_timeout")) or 600,
+                                           group_id=self._round["round"])
                 pid = res.properties.get("partition_id")
             except Exception as error:  # an unreachable node simply gets no target this round
                 log.warning("could not ask node %s for its partition id: %s", proxy.cid, _short(error))

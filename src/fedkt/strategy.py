@@ -89,6 +89,7 @@ class KnowledgeTransfer(Strategy):
         self.targets: dict[int, tuple[int, np.ndarray]] = {}
         self.round_offset = 0  # rounds done before a resume: Flower counts from 1 again
         self._live: set[str] = set()
+        self._gone: dict[int, str] = {}  # partition id -> its node, which Flower stopped listing
         self.history: list[dict] = []  # one summary per round
         self.client_rows: list[dict] = []  # one row per client per round
         self._round: dict = {}
@@ -103,11 +104,12 @@ class KnowledgeTransfer(Strategy):
         server_round += self.round_offset
         self._round = {"round": server_round, "start": time.time(), "bytes_down": 0}
         self._clients = {}
-        client_manager.wait_for(self.num_clients, timeout=float(get(self.cfg, "round_timeout")) or 60)
-        proxies = list(client_manager.all().values())
-        self._live = {proxy.cid for proxy in proxies}
+        self._listed(server_round, client_manager)  # a client known to be gone is not waited for
+        client_manager.wait_for(self.num_clients - len(self._gone), timeout=float(get(self.cfg, "round_timeout")) or 60)
+        proxies = self._listed(server_round, client_manager)
         if self.targets:
             self._identify(proxies)
+            self._listed(server_round, client_manager, proxies)  # a gone client back under a new node id
         collaborate = self.algorithm != "local"
         base = {
             "round": server_round,
@@ -129,6 +131,23 @@ class KnowledgeTransfer(Strategy):
                 self._round["bytes_down"] += arrays[0].nbytes
             instructions.append((proxy, FitIns(ndarrays_to_parameters(arrays), config)))
         return instructions
+
+    def _listed(self, server_round: int, client_manager: ClientManager,
+                proxies: list[ClientProxy] | None = None) -> list[ClientProxy]:
+        """The nodes Flower lists now; notes, once each, a known client whose node it stopped listing (gone:
+        the SuperLink lists only nodes with a recent heartbeat, and a message to one it has declared
+        offline fails as 'Node Unavailable') and a gone client whose node is listed again (back)."""
+        proxies = list(client_manager.all().values()) if proxies is None else proxies
+        self._live = {proxy.cid for proxy in proxies}
+        for node, pid in self.node_to_partition.items():
+            if node in self._live and pid in self._gone:
+                del self._gone[pid]
+                log.info("round %d: client %d is back (node %s)", server_round, pid, node)
+            elif node not in self._live and pid not in self._gone:
+                self._gone[pid] = node
+                log.warning("round %d: client %d (node %s) is no longer connected (no heartbeat): later rounds "
+                            "neither send to it nor wait for it until it connects again", server_round, pid, node)
+        return proxies
 
     def _identify(self, proxies: list[ClientProxy]) -> None:
         """Ask nodes not yet seen (a resumed run, a node that joined late) for their partition id."""
@@ -203,8 +222,9 @@ class KnowledgeTransfer(Strategy):
         return None
 
     def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
-        ins = EvaluateIns(ndarrays_to_parameters([]), {"round": server_round + self.round_offset})
-        return [(proxy, ins) for proxy in client_manager.all().values()]
+        server_round += self.round_offset
+        ins = EvaluateIns(ndarrays_to_parameters([]), {"round": server_round})
+        return [(proxy, ins) for proxy in self._listed(server_round, client_manager)]
 
     def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]], failures):
         server_round += self.round_offset

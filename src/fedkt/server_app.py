@@ -1,4 +1,4 @@
-"""The ServerApp: the KnowledgeTransfer strategy run for `num_rounds` rounds (config by closure), and
+"""The ServerApp: the KnowledgeTransfer (or FedAvg) strategy run for `num_rounds` rounds (config by closure), and
 `run_and_record`, which runs it (in the simulation or on a SuperLink) and keeps the run directory."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 from fedkt.config import get
 from fedkt.plots import write_run_figures
 from fedkt.results import RunRecorder
-from fedkt.strategy import KnowledgeTransfer
+from fedkt.fedavg import make_strategy
 
 log = logging.getLogger("fedkt")
 
@@ -24,7 +24,7 @@ def make_server_app(cfg: dict, num_classes: int, on_round=None, holder: dict | N
     builds is put in holder["strategy"] for the caller."""
 
     def server_fn(context: Context) -> ServerAppComponents:
-        strategy = KnowledgeTransfer(cfg, num_classes=num_classes, on_round=on_round)
+        strategy = make_strategy(cfg, num_classes=num_classes, on_round=on_round)
         if state is not None:
             strategy.load_state_dict(state)
         if holder is not None:

@@ -23,6 +23,7 @@ from flwr.server.strategy import Strategy
 
 from fedkt.config import client_architectures, get
 from fedkt.core import KnowledgeCoefficients, check_predictions, fedmd_consensus, soft_predictions
+from fedkt.progress import RoundProgress
 from fedkt.task import alignment_seed
 
 log = logging.getLogger("fedkt")
@@ -78,6 +79,7 @@ class KnowledgeTransfer(Strategy):
         self.cfg = cfg
         self.algorithm = get(cfg, "algorithm.name")
         self.num_clients = int(get(cfg, "num_clients"))
+        self.num_rounds = int(get(cfg, "num_rounds"))
         self.num_classes = num_classes
         self.align_size = int(get(cfg, "algorithm.align_size"))
         self.architectures = client_architectures(cfg)
@@ -128,7 +130,8 @@ class KnowledgeTransfer(Strategy):
                 arrays = [target.astype(wire)]
                 self._round["bytes_down"] += arrays[0].nbytes
             instructions.append((proxy, FitIns(ndarrays_to_parameters(arrays), config)))
-        return instructions
+        log.info("round %d/%d started: %d clients training", server_round, self.num_rounds, len(instructions))
+        return RoundProgress(f"round {server_round}/{self.num_rounds} training", len(instructions)).track(instructions)
 
     def _identify(self, proxies: list[ClientProxy]) -> None:
         """Ask nodes not yet seen (a resumed run, a node that joined late) for their partition id."""
@@ -200,7 +203,9 @@ class KnowledgeTransfer(Strategy):
 
     def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
         ins = EvaluateIns(ndarrays_to_parameters([]), {"round": server_round + self.round_offset})
-        return [(proxy, ins) for proxy in client_manager.all().values()]
+        instructions = [(proxy, ins) for proxy in client_manager.all().values()]
+        label = f"round {server_round + self.round_offset}/{self.num_rounds} evaluation"
+        return RoundProgress(label, len(instructions)).track(instructions)
 
     def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]], failures):
         server_round += self.round_offset

@@ -6,6 +6,7 @@ config (`flwr run`) is flat with dotted keys ("client.lr"); `unflatten` turns th
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 
@@ -170,6 +171,11 @@ def validate(cfg: dict) -> None:
         value = get(cfg, key)
         if not _is_number(value) or not 0 < value < 1:
             raise ConfigError(f"{key}={value!r} must lie strictly between 0 and 1")
+    if get(cfg, "logging.tensorboard") not in (True, False):
+        raise ConfigError(f"logging.tensorboard={get(cfg, 'logging.tensorboard')!r} must be true or false")
+    if get(cfg, "logging.tensorboard") and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("logging.tensorboard=true needs the tensorboard package: pip install -e \".[tensorboard]\" "
+                          "(or pip install tensorboard), or set logging.tensorboard=false")
     device = str(get(cfg, "client.device"))
     if not (device in ("auto", "cpu") or device == "cuda" or device.startswith("cuda:")):
         raise ConfigError(f"client.device={device!r} is not allowed; choose auto, cpu, cuda or cuda:N")

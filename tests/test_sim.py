@@ -35,7 +35,7 @@ def test_smoke_run_writes_metrics(tmp_path, algorithm):
     clients = (run / "clients.csv").read_text().splitlines()
     assert len(clients) == 1 + 2 * 4
     assert "round 2/2 | mean test acc" in proc.stderr + proc.stdout  # the progress line
-    for figure in ("accuracy.png", "clients.png", "bytes.png"):
+    for figure in ("accuracy.png", "clients.png", "bytes.png", "partition.png"):
         assert (run / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (run / "coefficients.png").exists() == (algorithm == "ktpfl")
     if algorithm == "ktpfl":

@@ -330,3 +330,21 @@ def test_flower_is_pinned_to_the_version_the_suite_runs_on():
         deps = tomllib.load(handle)["project"]["dependencies"]
     (flwr,) = [d for d in deps if d.startswith("flwr")]
     assert flwr.split("==")[1] == version("flwr"), (flwr, version("flwr"))
+
+
+def test_a_per_run_dependency_install_is_reported_with_the_fix(monkeypatch, caplog):
+    """Flower's local SuperLink, started without FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1, runs the
+    ServerApp in a fresh environment under FLWR_HOME/runtime-envs/: the run says so, and how to stop it."""
+    import logging
+
+    from fedkt.deploy import warn_runtime_install
+
+    monkeypatch.setenv("VIRTUAL_ENV", str(REPO / ".venv"))
+    with caplog.at_level(logging.WARNING, logger="fedkt"):
+        warn_runtime_install()
+    assert caplog.text == ""
+    monkeypatch.setenv("VIRTUAL_ENV", "/root/.flwr/runtime-envs/1234")
+    with caplog.at_level(logging.WARNING, logger="fedkt"):
+        warn_runtime_install()
+    assert "installed this app's dependencies for this run" in caplog.text
+    assert "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1" in caplog.text

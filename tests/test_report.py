@@ -214,7 +214,7 @@ def test_run_figures_ktpfl_type2(tmp_path):
     paths = write_run_figures(run)
     names = sorted(p.name for p in paths)
     assert names == sorted(["accuracy.png", "clients.png", "coefficients.png", "coefficients_rounds.png",
-                            "bytes.png"])
+                            "bytes.png", "partition.png"])
     for p in paths:
         assert p.parent == run
         assert_png(p)
@@ -228,17 +228,17 @@ def test_run_figures_ktpfl_type2(tmp_path):
 def test_run_figures_local_has_no_coefficients(tmp_path):
     run = fake_run(tmp_path / "l", "local", "type1", 0)
     names = {p.name for p in write_run_figures(run)}
-    assert names == {"accuracy.png", "clients.png", "bytes.png"}
+    assert names == {"accuracy.png", "clients.png", "bytes.png", "partition.png"}
     assert not (run / "coefficients.png").exists()
 
 
 def test_run_figures_survive_odd_runs(tmp_path):
     one = fake_run(tmp_path / "one", "ktpfl", "type1", 0, history=(0.3,))  # a single round
-    assert len(write_run_figures(one)) == 5
+    assert len(write_run_figures(one)) == 6
     nan = fake_run(tmp_path / "nan", "ktpfl", "type1", 0, history=(0.3, math.nan, 0.4), nan_round=2)
     for p in write_run_figures(nan):
         assert_png(p)
-    assert len(list(nan.glob("*.png"))) == 5
+    assert len(list(nan.glob("*.png"))) == 6
     crashed = fake_run(tmp_path / "crash", "fedmd", "type2", 0, history=(0.3, 0.35), num_rounds=10,
                        status="failed", error="KeyboardInterrupt: ")
     (crashed / "clients.csv").write_text("round,partition_id,archi")  # cut mid-write

@@ -22,7 +22,7 @@ from flwr.common import Context
 from fedkt.config import client_architectures, get
 from fedkt.core import shift_targets, soft_predictions
 from fedkt.faults import FaultPlan
-from fedkt.models import build_model
+from fedkt.models import build_model, load_model_arrays, model_arrays
 from fedkt.task import alignment_indices, client_data, load_federation, public_data
 from fedkt.train import (LRPolicy, distill, make_optimizer, pick_device, predict_logits, set_threads,
                          state_from_bytes, state_to_bytes, train_epochs)
@@ -122,9 +122,13 @@ class KnowledgeClient(NumPyClient):
         c = self.cfg["client"]
         seed = int(self.cfg["seed"]) * 1_000_003 + self.partition_id * 1_009 + rnd
         metrics = {"partition_id": self.partition_id, "architecture": self.architecture}
+        fedavg = self.cfg["algorithm"]["name"] == "fedavg"
+        if fedavg:  # start from the global model, with a fresh momentum (plain FedAvg)
+            load_model_arrays(self.model, parameters)
+            self.optimizer.state.clear()
         if self.rounds_done == 0:
             self._warm_up(seed)
-        if parameters:
+        if parameters and not fedavg:
             if int(config["target_partition"]) != self.partition_id:
                 raise ValueError(f"client {self.partition_id} was sent the target of client "
                                  f"{config['target_partition']}")
@@ -138,7 +142,9 @@ class KnowledgeClient(NumPyClient):
                        val_acc=float(val_acc), lr=float(self.policy.lr))
         self.policy.step(val_acc)
         uploads = []
-        if int(config["next_seed"]) >= 0:
+        if fedavg:
+            uploads = model_arrays(self.model)
+        elif int(config["next_seed"]) >= 0:
             uploads = [self._predict(int(config["next_seed"]))]
         self.rounds_done = rnd
         metrics["state_bytes"] = self._save(rnd)
@@ -149,6 +155,8 @@ class KnowledgeClient(NumPyClient):
 
     def evaluate(self, parameters, config):
         self._setup(max_round=int(config["round"]))
+        if parameters:  # FedAvg: the global model, tested on this client's own test split
+            load_model_arrays(self.model, parameters)
         loss, acc = evaluate_model(self.model, self.data.x_test, self.data.y_test,
                                    batch_size=int(self.cfg["client"]["eval_batch_size"]), device=self.device)
         return float(loss), len(self.data.y_test), {"partition_id": self.partition_id, "test_acc": float(acc)}

@@ -66,9 +66,10 @@ IGNORED_KEYS = ("seed", "algorithm.name", "partition.scheme", "run_dir", "data.r
                 "data.download", "client.device", "client.num_cpus", "client.num_gpus", "client.state_store",
                 "client.eval_batch_size")
 IGNORED_PREFIXES = ("ray.", "logging.", "hydra.")
-ALGORITHM_ORDER = ("ktpfl", "fedmd", "local")
+ALGORITHM_ORDER = ("ktpfl", "fedmd", "local", "fedavg")
 PARTITION_ORDER = ("type1", "type2", "iid")
-ALGORITHM_STYLE = {"ktpfl": ("#0072B2", "o"), "fedmd": ("#D55E00", "s"), "local": ("#555555", "^")}
+ALGORITHM_STYLE = {"ktpfl": ("#0072B2", "o"), "fedmd": ("#D55E00", "s"), "local": ("#555555", "^"),
+                   "fedavg": ("#009E73", "v")}
 _MISSING = "—"
 
 

@@ -170,14 +170,17 @@ class RunRecorder:
         return self.seconds_before + time.time() - self.start
 
     def progress_line(self, record: dict) -> str:
-        done = len(self.rounds) - self.resumed_rounds
-        elapsed = time.time() - self.start
-        left = elapsed / done * (self.num_rounds - len(self.rounds))
+        # time left from the rounds after this session's first (the first holds the warm-up epochs and the
+        # clients' start-up: several times a later round); from the first alone until there is another
+        seconds = [float(r["seconds"]) for r in self.rounds[self.resumed_rounds:]]
+        later = seconds[1:] or seconds
+        left = sum(later) / len(later) * (self.num_rounds - len(self.rounds))
+        basis = "" if len(seconds) > 1 or len(self.rounds) == self.num_rounds else " (from round 1, with its warm-up)"
         return (f"round {record['round']}/{self.num_rounds} | mean test acc {record['mean_test_acc']:.4f} "
                 f"(min {record['min_test_acc']:.3f}, max {record['max_test_acc']:.3f}) | "
                 f"clients {record['eval_clients']}/{self.cfg['num_clients']}, failures "
                 f"{record.get('fit_failures', 0) + record.get('eval_failures', 0)}, rejected {record.get('rejected', 0)} | "
-                f"{record['seconds']:.1f} s | about {format_duration(left)} left")
+                f"{record['seconds']:.1f} s | about {format_duration(left)} left{basis}")
 
     def finish(self, status: str, error: str = "") -> dict:
         self.status, self.error = status, error

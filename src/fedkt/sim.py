@@ -20,8 +20,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from fedkt.config import (ConfigError, base_defaults, client_architectures, flatten, get, gpus_per_client, unflatten,
-                          validate)
+from fedkt.config import (ConfigError, base_defaults, client_architectures, flatten, get, gpus_per_client,
+                          synthetic_data_note, unflatten, validate)
 from fedkt.data import DataError
 from fedkt.results import RunRecorder, dump_json, read_checkpoint
 from fedkt.strategy import FederationError
@@ -30,21 +30,12 @@ from fedkt.task import load_federation
 log = logging.getLogger("fedkt")
 
 
-class _DropRunSimulationDeprecation(logging.Filter):
-    """Flower warns that run_simulation is deprecated in favour of `flwr run`; this CLI is that choice."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "run_simulation` function is deprecated" not in record.getMessage()
-
-
 def configure_logging(verbose: bool) -> None:
     log.setLevel(logging.INFO)
     if not log.handlers and not logging.getLogger().handlers:  # called outside Hydra (scripts, tests)
         logging.basicConfig(level=logging.WARNING, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
-    if not any(isinstance(f, _DropRunSimulationDeprecation) for f in flwr_logger.filters):
-        flwr_logger.addFilter(_DropRunSimulationDeprecation())
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
@@ -66,6 +57,8 @@ def run(cfg: dict, run_dir: str | Path) -> dict:
     """Check the config and the data, then run the federation; returns the summary (also summary.json)."""
     configure_logging(bool(get(cfg, "logging.verbose")))
     validate(cfg)
+    if synthetic_data_note(cfg):
+        log.warning("%s", synthetic_data_note(cfg))
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = dict(cfg, run_dir=str(run_dir.resolve()))

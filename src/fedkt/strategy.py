@@ -23,6 +23,7 @@ from flwr.server.strategy import Strategy
 
 from fedkt.config import client_architectures, get
 from fedkt.core import KnowledgeCoefficients, check_predictions, fedmd_consensus, soft_predictions
+from fedkt.progress import RoundProgress
 from fedkt.task import alignment_seed
 
 log = logging.getLogger("fedkt")
@@ -78,6 +79,7 @@ class KnowledgeTransfer(Strategy):
         self.cfg = cfg
         self.algorithm = get(cfg, "algorithm.name")
         self.num_clients = int(get(cfg, "num_clients"))
+        self.num_rounds = int(get(cfg, "num_rounds"))
         self.num_classes = num_classes
         self.align_size = int(get(cfg, "algorithm.align_size"))
         self.architectures = client_architectures(cfg)
@@ -130,7 +132,8 @@ class KnowledgeTransfer(Strategy):
                 arrays = [target.astype(wire)]
                 self._round["bytes_down"] += arrays[0].nbytes
             instructions.append((proxy, FitIns(ndarrays_to_parameters(arrays), config)))
-        return instructions
+        log.info("round %d/%d started: %d clients training", server_round, self.num_rounds, len(instructions))
+        return RoundProgress(f"round {server_round}/{self.num_rounds} training", len(instructions)).track(instructions)
 
     def _listed(self, server_round: int, client_manager: ClientManager,
                 proxies: list[ClientProxy] | None = None) -> list[ClientProxy]:
@@ -224,7 +227,8 @@ class KnowledgeTransfer(Strategy):
     def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
         server_round += self.round_offset
         ins = EvaluateIns(ndarrays_to_parameters([]), {"round": server_round})
-        return [(proxy, ins) for proxy in self._listed(server_round, client_manager)]
+        instructions = [(proxy, ins) for proxy in self._listed(server_round, client_manager)]
+        return RoundProgress(f"round {server_round}/{self.num_rounds} evaluation", len(instructions)).track(instructions)
 
     def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]], failures):
         server_round += self.round_offset

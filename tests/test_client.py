@@ -1,6 +1,7 @@
 """KnowledgeClient (the NumPyClient) called directly, without Flower's simulation."""
 
 import numpy as np
+import torch
 import pytest
 from flwr.app import RecordDict
 from flwr.common import Context
@@ -50,3 +51,54 @@ def test_target_shift_needs_probability_targets():
         validate(cfg)
     with pytest.raises(ConfigError, match="algorithm.target_shift"):
         validate(compose(["algorithm.target_shift=mine"]))
+
+
+def swamped_client(tmp_path, monkeypatch, guard):
+    """A type-2 client that has learned its two classes, then is sent a target that puts all mass on a class
+    it does not hold, distilled for 10 epochs: the late collapse of issue 21 in a few seconds."""
+    client = make_client(tmp_path, monkeypatch, "partition=type2", "client.warmup_epochs=15", "client.augment=false",
+                         "algorithm.distill_epochs=10", f"client.distill_guard={guard}")
+    context = client.store.context
+    client.fit([], {"round": 1, "epochs": 1, "next_seed": 5, "target_seed": -1, "target_partition": -1})
+    learned = client.evaluate([], {"round": 1})[2]["test_acc"]
+    own = np.unique(client.data.y_train.numpy())
+    target = np.zeros((64, 10), dtype=np.float32)
+    target[:, np.setdiff1d(np.arange(10), own)[0]] = 1.0
+    client = client_app.KnowledgeClient(client.cfg, context)
+    _, _, metrics = client.fit([target], {"round": 2, "epochs": 1, "next_seed": 6, "target_seed": 5,
+                                          "target_partition": 1})
+    return learned, client.evaluate([], {"round": 2})[2]["test_acc"], metrics
+
+
+def test_distillation_that_swamps_the_private_classes_erases_them_without_the_guard(tmp_path, monkeypatch):
+    learned, after, metrics = swamped_client(tmp_path, monkeypatch, "none")
+    assert learned >= 0.9 and after <= learned - 0.4
+    assert "distill_kept" not in metrics
+
+
+def test_the_validation_guard_undoes_a_distillation_that_lowers_validation_accuracy(tmp_path, monkeypatch):
+    learned, after, metrics = swamped_client(tmp_path, monkeypatch, "val")
+    assert learned >= 0.9 and after >= learned - 0.05
+    assert metrics["distill_kept"] == 0
+
+
+def test_the_validation_guard_keeps_a_distillation_that_does_no_harm(tmp_path, monkeypatch):
+    client = make_client(tmp_path, monkeypatch, "partition=type2", "client.distill_guard=val")
+    seen = []
+    real_distill = client_app.distill
+
+    def spy(model, *args, **kwargs):
+        loss = real_distill(model, *args, **kwargs)
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return loss
+
+    monkeypatch.setattr(client_app, "distill", spy)
+    # validation accuracy that does not drop (patched constant): the distilled weights stay, and with no private
+    # epoch after it they are the weights the round ends with
+    monkeypatch.setattr(client_app.KnowledgeClient, "_val_acc", lambda self: 0.5)
+    target = np.full((64, 10), 0.1, dtype=np.float32)
+    _, _, metrics = client.fit([target], {"round": 2, "epochs": 0, "next_seed": 5, "target_seed": 4,
+                                          "target_partition": 1})
+    assert metrics["distill_kept"] == 1
+    (distilled,) = seen
+    assert all(torch.equal(client.model.state_dict()[k], v) for k, v in distilled.items())

@@ -92,6 +92,20 @@ def test_alexnet_conv_widths_and_dropout():
     assert any(isinstance(m, nn.Dropout) for m in model.modules())
 
 
+
+def test_alexnet_keeps_its_signal_through_the_convolutions_without_batchnorm():
+    """With torch's default init the activations shrink ~20-fold through AlexNet's five ReLU convolutions (std
+    0.34 -> 0.018) and the model stays at its majority class for 10+ epochs without BatchNorm; He init keeps them."""
+    torch.manual_seed(0)
+    model = build_model("alexnet", norm="none").eval()
+    h, stds = torch.randn(64, 3, 32, 32), []
+    with torch.no_grad():
+        for layer in model.features:
+            h = layer(h)
+            if isinstance(layer, nn.ReLU):
+                stds.append(h.std().item())
+    assert len(stds) == 5 and stds[-1] / stds[0] > 0.5
+
 @pytest.mark.parametrize("norm", NORMS)
 def test_big_models_keep_their_own_batchnorm(norm):
     for arch in ("resnet18", "shufflenetv2"):

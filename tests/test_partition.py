@@ -47,6 +47,18 @@ def test_samples_per_client_caps(labels, scheme):
     assert make_partition(labels, 6, scheme=scheme, samples_per_client=0) == make_partition(labels, 6, scheme=scheme)
 
 
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("cap", [301, 302, 299])
+def test_type2_shard_never_exceeds_a_cap_that_k_does_not_divide(labels, k, cap):
+    part = make_partition(labels, num_clients=6, scheme="type2", classes_per_client=k, public_size=1000,
+                          samples_per_client=cap)
+    assert_disjoint_in_range(part, len(labels))
+    assert [len(c.all) for c in part.clients] == [cap] * 6  # the whole cap, never more (was 302 / 303)
+    counts = part.class_counts(labels)
+    assert ((counts > 0).sum(1) == k).all()
+    assert counts.max() - counts[counts > 0].min() <= 1  # the k classes as even as the cap allows
+
+
 @pytest.mark.parametrize("k,num_clients", [(1, 10), (2, 20), (2, 7), (3, 9), (10, 4)])
 def test_type2_exact_classes(labels, k, num_clients):
     part = make_partition(labels, num_clients, scheme="type2", classes_per_client=k, public_size=1000, seed=1)

@@ -57,7 +57,7 @@ def test_too_few_clients_stops_with_a_clear_error_and_keeps_results(tmp_path):
     summary = json.loads((tmp_path / "fail" / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["rounds_completed"] == 1
     assert "min_fit_fraction" in summary["error"]
-    assert (tmp_path / "fail" / "checkpoint.pkl").exists()
+    assert (tmp_path / "fail" / "checkpoint.npz").exists()
 
 
 def test_same_seed_same_metrics_and_kill_resume_equals_straight_run(tmp_path):
@@ -149,3 +149,50 @@ def test_resume_fills_settings_added_after_the_run_with_their_defaults(tmp_path,
     assert loaded["algorithm"]["target_shift"] == "none"
     assert loaded["algorithm"]["rho"] == 0.3 and loaded["num_rounds"] == 2  # the run's own values stay
     assert "algorithm.target_shift=none" in caplog.text
+
+
+def test_checkpoint_holds_no_pickle_and_an_old_pickle_is_refused_unloaded(tmp_path):
+    import pickle
+
+    import pytest
+
+    from fedkt.config import ConfigError, compose
+    from fedkt.results import RunRecorder, dump_json, read_checkpoint
+    from fedkt.sim import resume
+    from fedkt.strategy import KnowledgeTransfer
+
+    cfg = dict(compose(["experiment=smoke"]), run_dir=str(tmp_path))
+    strategy = KnowledgeTransfer(cfg, num_classes=10)
+    strategy.coefficients.c = np.random.default_rng(0).dirichlet(np.ones(4), size=4)
+    strategy.targets = {2: (1, np.full((64, 10), 0.1, dtype=np.float32)), 0: (3, np.eye(64, 10, dtype=np.float32))}
+    strategy.history = [{"round": 1, "mean_test_acc": 0.25, "mean_val_acc": float("nan"), "missing_clients": "1"}]
+    strategy.client_rows = [{"round": 1, "partition_id": 0, "architecture": "lenet", "test_acc": 0.5}]
+    recorder = RunRecorder(tmp_path, cfg)
+    recorder.coefficients = [strategy.coefficients.c.copy()]
+    recorder.save_checkpoint(strategy.state_dict())
+    with np.load(tmp_path / "checkpoint.npz", allow_pickle=False) as npz:  # no object arrays inside
+        assert "__state__" in npz.files
+    checkpoint = read_checkpoint(tmp_path)
+    restored = KnowledgeTransfer(cfg, num_classes=10)
+    restored.load_state_dict(RunRecorder(tmp_path, cfg).restore(checkpoint))
+    np.testing.assert_array_equal(restored.coefficients.c, strategy.coefficients.c)
+    assert sorted(restored.targets) == [0, 2]
+    for pid, (rnd, target) in strategy.targets.items():
+        assert restored.targets[pid][0] == rnd
+        np.testing.assert_array_equal(restored.targets[pid][1], target)
+    assert restored.history[0]["round"] == 1 and np.isnan(restored.history[0]["mean_val_acc"])
+    assert restored.client_rows == strategy.client_rows and restored.round_offset == 1
+
+    old = tmp_path / "old"
+    old.mkdir()
+    dump_json(old / "config.json", dict(cfg, run_dir=str(old)))
+    marker = tmp_path / "code-ran"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (old / "checkpoint.pkl").write_bytes(pickle.dumps({"server": Exploit()}))
+    with pytest.raises(ConfigError, match="pickle written by an older fedkt"):
+        resume(old)
+    assert not marker.exists()

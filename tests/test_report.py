@@ -32,7 +32,7 @@ def make_config(run_dir, algorithm, partition, seed, num_rounds, num_clients=4, 
 
 
 def fake_run(run_dir, algorithm="ktpfl", partition="type1", seed=0, history=(0.2, 0.3, 0.4), num_rounds=None,
-             status="completed", error="", num_clients=4, norm="none", nan_round=None, extra=None):
+             status="completed", error="", num_clients=4, norm="none", nan_round=None, extra=None, val_history=None):
     """A run directory as fedkt.sim leaves it: config, partition, then RunRecorder's files round by round."""
     run_dir = Path(run_dir)
     num_rounds = num_rounds or len(history)
@@ -60,6 +60,8 @@ def fake_run(run_dir, algorithm="ktpfl", partition="type1", seed=0, history=(0.2
                   "mean_test_loss": 2.0 - mean, "eval_clients": num_clients, "fit_clients": num_clients,
                   "fit_failures": 0, "eval_failures": 0, "rejected": 0, "bytes_up": 4000 * num_clients,
                   "bytes_down": 0 if k == 1 or algorithm == "local" else 4000 * num_clients, "seconds": 1.5}
+        if val_history is not None:
+            record["mean_val_acc"] = val_history[k - 1]
         rows = []
         for pid in range(num_clients):
             row = {"round": k, "partition_id": pid, "architecture": ARCHS[pid % len(ARCHS)],
@@ -212,7 +214,7 @@ def test_run_figures_ktpfl_type2(tmp_path):
     paths = write_run_figures(run)
     names = sorted(p.name for p in paths)
     assert names == sorted(["accuracy.png", "clients.png", "coefficients.png", "coefficients_rounds.png",
-                            "bytes.png"])
+                            "bytes.png", "partition.png"])
     for p in paths:
         assert p.parent == run
         assert_png(p)
@@ -226,17 +228,17 @@ def test_run_figures_ktpfl_type2(tmp_path):
 def test_run_figures_local_has_no_coefficients(tmp_path):
     run = fake_run(tmp_path / "l", "local", "type1", 0)
     names = {p.name for p in write_run_figures(run)}
-    assert names == {"accuracy.png", "clients.png", "bytes.png"}
+    assert names == {"accuracy.png", "clients.png", "bytes.png", "partition.png"}
     assert not (run / "coefficients.png").exists()
 
 
 def test_run_figures_survive_odd_runs(tmp_path):
     one = fake_run(tmp_path / "one", "ktpfl", "type1", 0, history=(0.3,))  # a single round
-    assert len(write_run_figures(one)) == 5
+    assert len(write_run_figures(one)) == 6
     nan = fake_run(tmp_path / "nan", "ktpfl", "type1", 0, history=(0.3, math.nan, 0.4), nan_round=2)
     for p in write_run_figures(nan):
         assert_png(p)
-    assert len(list(nan.glob("*.png"))) == 5
+    assert len(list(nan.glob("*.png"))) == 6
     crashed = fake_run(tmp_path / "crash", "fedmd", "type2", 0, history=(0.3, 0.35), num_rounds=10,
                        status="failed", error="KeyboardInterrupt: ")
     (crashed / "clients.csv").write_text("round,partition_id,archi")  # cut mid-write
@@ -314,3 +316,65 @@ def test_callback_runs_at_the_end_of_a_real_multirun(tmp_path):
     assert group["n"] == 2 and group["final_mean"] == pytest.approx(0.35)
     assert (sweep / "curves_type1.png").is_file()
     assert "written to" in proc.stdout + proc.stderr
+
+
+def test_the_best_round_is_chosen_by_validation_never_by_test_accuracy(tmp_path):
+    """Round 2 has the best test accuracy, round 3 the best validation accuracy: the summary and the report
+    quote round 3's test accuracy, and nothing picked by test accuracy appears."""
+    run = fake_run(tmp_path / "run", history=(0.2, 0.5, 0.4), val_history=(0.3, 0.35, 0.6))
+    summary = json.loads((run / "summary.json").read_text())
+    assert "best_mean_test_acc" not in summary
+    assert summary["val_selected_round"] == 3 and summary["val_selected_mean_test_acc"] == pytest.approx(0.4)
+    report = write_report([run], tmp_path / "report")
+    text = report.markdown.read_text()
+    assert "acc at best-val round" in text and "0.4000" in text and "0.5000" not in text
+    group = json.loads((tmp_path / "report" / "report.json").read_text())["groups"][0]
+    assert group["val_selected_mean"] == pytest.approx(0.4) and "best_mean" not in group
+
+
+def test_t_quantiles():
+    from fedkt.report import t975
+
+    assert t975(1) == 12.706 and t975(4) == 2.776 and t975(30) == 2.042
+    assert t975(40) == pytest.approx(2.021, abs=1e-3) and t975(120) == pytest.approx(1.980, abs=1e-3)
+
+
+def test_paired_differences_match_seeds_and_give_a_t_interval(tmp_path):
+    import statistics
+
+    finals = {"ktpfl": {0: 0.50, 1: 0.52, 2: 0.55, 3: 0.9}, "local": {0: 0.45, 1: 0.50, 2: 0.49},
+              "fedmd": {0: 0.45, 1: 0.47, 2: 0.50}}  # ktpfl's seed 3 has no partner: not paired
+    for algorithm, by_seed in finals.items():
+        for seed, final in by_seed.items():
+            fake_run(tmp_path / f"{algorithm}_s{seed}", algorithm=algorithm, seed=seed, history=(0.3, final))
+    report = write_report([tmp_path], tmp_path / "report")
+    pairs = {(p.a, p.b): p for p in report.paired}
+    assert set(pairs) == {("ktpfl", "fedmd"), ("ktpfl", "local"), ("fedmd", "local")}
+    vs_local = pairs[("ktpfl", "local")]
+    diffs = [0.05, 0.02, 0.06]
+    assert vs_local.seeds == [0, 1, 2] and vs_local.diffs == pytest.approx(diffs)
+    assert vs_local.mean == pytest.approx(statistics.mean(diffs))
+    assert vs_local.half_width == pytest.approx(4.303 * statistics.stdev(diffs) / 3 ** 0.5)
+    assert vs_local.verdict == "level"  # the interval [-0.84, +9.50] points holds zero
+    assert pairs[("ktpfl", "fedmd")].verdict == "ktpfl ahead"  # +5 points on every seed
+    text = report.markdown.read_text()
+    assert "### Paired differences" in text and "| ktpfl − local | 3 | +4.33 | [-0.84, +9.50] | level |" in text
+    saved = json.loads((tmp_path / "report" / "report.json").read_text())["paired"]
+    assert {(p["a"], p["b"], p["verdict"]) for p in saved} >= {("ktpfl", "local", "level")}
+
+
+def test_sweep_figure_against_any_swept_key(tmp_path):
+    for size in (60, 300, 800):
+        for algorithm, gain in (("ktpfl", 0.03), ("local", 0.0)):
+            for seed in (0, 1):
+                final = 0.3 + size / 2000 + gain + 0.01 * seed
+                fake_run(tmp_path / "runs" / f"{algorithm}_{size}_s{seed}", algorithm=algorithm, seed=seed,
+                         history=(0.2, final), extra={"data": {"samples_per_client": size}})
+    report = write_report([tmp_path / "runs"], tmp_path / "report", x_key="data.samples_per_client")
+    sweep = tmp_path / "report" / "sweep_type1.png"
+    assert sweep in report.figures and sweep.read_bytes().startswith(PNG_SIGNATURE)
+    assert "sweep_type1.png" in report.markdown.read_text()
+    assert sorted(p.setting for p in report.paired) == [f"data.samples_per_client={s}" for s in (300, 60, 800)]
+    assert all(p.mean == pytest.approx(0.03) and p.verdict == "ktpfl ahead" for p in report.paired)
+    with pytest.raises(ValueError, match="no run's config has that key"):
+        write_report([tmp_path / "runs"], tmp_path / "report", x_key="data.no_such_key")

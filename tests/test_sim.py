@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fedkt.config import ConfigError, compose, validate
+from test_tracking import read_events
 
 
 def run_cli(tmp_path, *overrides, timeout=600):
@@ -19,7 +20,8 @@ def run_cli(tmp_path, *overrides, timeout=600):
 
 @pytest.mark.parametrize("algorithm", ["ktpfl", "fedmd", "local"])
 def test_smoke_run_writes_metrics(tmp_path, algorithm):
-    proc = run_cli(tmp_path, "experiment=smoke", f"algorithm={algorithm}")
+    tensorboard = algorithm == "ktpfl"  # logging.tensorboard: off by default; on for one arm
+    proc = run_cli(tmp_path, "experiment=smoke", f"algorithm={algorithm}", f"logging.tensorboard={tensorboard}")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = tmp_path / "run"
     summary = json.loads((run / "summary.json").read_text())
@@ -33,7 +35,7 @@ def test_smoke_run_writes_metrics(tmp_path, algorithm):
     clients = (run / "clients.csv").read_text().splitlines()
     assert len(clients) == 1 + 2 * 4
     assert "round 2/2 | mean test acc" in proc.stderr + proc.stdout  # the progress line
-    for figure in ("accuracy.png", "clients.png", "bytes.png"):
+    for figure in ("accuracy.png", "clients.png", "bytes.png", "partition.png"):
         assert (run / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (run / "coefficients.png").exists() == (algorithm == "ktpfl")
     if algorithm == "ktpfl":
@@ -45,6 +47,12 @@ def test_smoke_run_writes_metrics(tmp_path, algorithm):
         assert rows[1]["bytes_down"] > 0  # round 2 sent personalised targets
     else:
         assert not (run / "coefficients.npy").exists()
+    assert (run / "tensorboard").exists() == tensorboard
+    if tensorboard:
+        events = read_events(run)
+        assert [e.step for e in events.Scalars("round/mean_test_acc")] == [1, 2]
+        assert events.Scalars("client_03/test_acc")[-1].value == pytest.approx(summary["final_client_test_acc"]["3"])
+        assert len(events.Images("coefficients")) == 2
 
 
 def test_bad_config_fails_before_ray(tmp_path):
@@ -85,6 +93,21 @@ def test_validate_names_the_key(override, key):
     cfg = compose([override])
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(cfg)
+
+
+@pytest.mark.parametrize("loss, ok", [("kl", False), ("l1", True), ("mse", True)])
+def test_fedmd_logit_consensus_needs_a_logit_loss(loss, ok):
+    """Mean logits distilled with kl fail every client in round 2 ("targets must be probabilities"):
+    refused before Ray starts, naming both keys and the combinations that work."""
+    cfg = compose(["algorithm=fedmd", "algorithm.consensus=logits", f"algorithm.distill_loss={loss}"])
+    if ok:
+        validate(cfg)
+        return
+    with pytest.raises(ConfigError) as error:
+        validate(cfg)
+    for words in ("algorithm.consensus=logits", "algorithm.distill_loss=kl", "consensus=probs with distill_loss=kl",
+                  "distill_loss=l1 or mse"):
+        assert words in str(error.value)
 
 
 def test_default_and_presets_validate():

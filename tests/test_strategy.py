@@ -128,6 +128,27 @@ def test_repeated_partition_id_is_rejected():
     assert set(strategy.targets) == {0, 2}
 
 
+def test_evaluation_results_pass_the_same_identity_check_as_uploads(caplog):
+    """A node may not overwrite another client's test accuracy: an evaluation result claiming a partition
+    id that belongs to another live node, one claimed twice, or one unlike the node's own is ignored."""
+    rng = np.random.default_rng(5)
+    manager, proxies = make_manager(["a", "b", "c", "d"])
+    strategy = KnowledgeTransfer(make_cfg(), num_classes=C)
+    arr = lambda: rng.normal(size=(M, C)).astype(np.float32)  # noqa: E731
+    run_round(strategy, manager, proxies, {nid: (pid, arr()) for pid, nid in enumerate("abcd")})
+    strategy.configure_fit(2, ndarrays_to_parameters([]), manager)
+    strategy.aggregate_fit(2, [(proxies[n], fit_res(p, arr())) for p, n in enumerate("abcd")], [])
+    evals = [(proxies["a"], eval_res(0, 0.6)), (proxies["b"], eval_res(1, 0.7)),
+             (proxies["c"], eval_res(0, 0.0)),    # c is client 2: claims a's id
+             (proxies["d"], eval_res(3, 0.8)), (proxies["d"], eval_res(3, 0.1)),  # claimed twice
+             (proxies["c"], eval_res(2, 0.9))]
+    with caplog.at_level("WARNING", logger="fedkt"):
+        strategy.aggregate_evaluate(2, evals, [])
+    accs = {row["partition_id"]: row["test_acc"] for row in strategy.client_rows if row["round"] == 2}
+    assert accs == {0: 0.6, 1: 0.7, 2: 0.9, 3: 0.8}
+    assert sum("evaluation result ignored" in r.getMessage() for r in caplog.records) == 2
+
+
 def test_fedmd_sends_everyone_the_consensus():
     rng = np.random.default_rng(3)
     manager, proxies = make_manager(["a", "b", "c", "d"])
@@ -220,3 +241,70 @@ def test_checkpoint_round_trip_continues_round_numbers():
         assert ins.config["target_partition"] == proxy.partition_id
         np.testing.assert_array_equal(parameters_to_ndarrays(ins.parameters)[0],
                                       strategy.targets[proxy.partition_id][1])
+
+
+
+class WaitRecordingManager(SimpleClientManager):
+    """A SimpleClientManager that records how many nodes the strategy waits for, without blocking
+    (the real one waits up to round_timeout for nodes that are not there)."""
+
+    def __init__(self):
+        super().__init__()
+        self.waited_for = []
+
+    def wait_for(self, num_clients, timeout=86400):
+        self.waited_for.append(num_clients)
+        return len(self) >= num_clients
+
+
+def test_a_node_flower_stopped_listing_is_not_waited_for_until_it_is_back(caplog):
+    """A deployment loses node d (client 3) after round 1. In round 2 its fit fails with Flower's 'Node
+    Unavailable' error and Flower's compat layer unregisters it (the SuperLink lists only nodes with a
+    recent heartbeat). Later rounds neither send to it nor wait for it (waiting cost round_timeout a round),
+    and say so once; a client that merely raised stays listed and is still sent to and waited for; when
+    client 3 comes back under a new node id it gets its target and is waited for again, said once."""
+    rng = np.random.default_rng(6)
+    manager = WaitRecordingManager()
+    proxies = {nid: FakeProxy(nid, pid) for pid, nid in enumerate("abcd")}
+    for proxy in proxies.values():
+        manager.register(proxy)
+    strategy = KnowledgeTransfer(make_cfg(round_timeout=600), num_classes=C)
+    empty = ndarrays_to_parameters([])
+
+    def fit(rnd):
+        return {proxy.cid: ins for proxy, ins in strategy.configure_fit(rnd, empty, manager)}
+
+    def answer(rnd, nodes, failures=()):
+        """The fit results of `nodes`, then every node sent an evaluation answers it."""
+        results = [(proxies[n], fit_res(proxies[n].partition_id, rng.normal(size=(M, C)).astype(np.float32)))
+                   for n in nodes]
+        strategy.aggregate_fit(rnd, results, list(failures))
+        evaluate = strategy.configure_evaluate(rnd, empty, manager)
+        strategy.aggregate_evaluate(rnd, [(proxy, eval_res(proxy.partition_id, 0.5)) for proxy, _ in evaluate], [])
+
+    unavailable = ValueError("Message contains an Error (reason: Error: Node Unavailable - The destination node "
+                             "failed to report a heartbeat within 2 x its expected interval.).")
+    with caplog.at_level("INFO", logger="fedkt"):
+        assert set(fit(1)) == set("abcd") and manager.waited_for == [N]  # start-up: every client
+        answer(1, "abcd")
+        assert set(fit(2)) == set("abcd")  # d is still listed when round 2 starts
+        manager.unregister(proxies["d"])  # ... then the SuperLink declares it offline
+        answer(2, "abc", [unavailable])
+        for rnd in (3, 4):  # not sent to, not waited for; b raises in round 3 but stays listed
+            assert set(fit(rnd)) == set("abc") and manager.waited_for[-1] == 3
+            answer(rnd, "ac", [RuntimeError("client b raised")]) if rnd == 3 else answer(rnd, "abc")
+        proxies["e"] = FakeProxy("e", 3)  # client 3 reconnects: a new node id
+        manager.register(proxies["e"])
+        sent = fit(5)
+        assert set(sent) == set("abce") and sent["e"].config["target_partition"] == 3
+        answer(5, "abce")
+        assert set(fit(6)) == set("abce") and manager.waited_for[-1] == N
+    assert [r["eval_clients"] for r in strategy.history] == [4, 3, 3, 3, 4]
+    assert [r["fit_failures"] for r in strategy.history] == [0, 1, 1, 0, 0]
+    answered = {r: {row["partition_id"] for row in strategy.client_rows if row["round"] == r} for r in (2, 3, 4)}
+    assert answered == {2: {0, 1, 2}, 3: {0, 1, 2}, 4: {0, 1, 2}}
+    messages = [record.getMessage() for record in caplog.records]
+    gone = [m for m in messages if "client 3 (node d)" in m and "nor wait for it" in m]
+    back = [m for m in messages if "client 3 is back (node e)" in m]
+    assert len(gone) == 1 and len(back) == 1, messages
+    assert not any("client 1" in m and "nor wait for it" in m for m in messages), messages

@@ -22,7 +22,7 @@ from flwr.common import Context
 from fedkt.config import client_architectures, get
 from fedkt.core import shift_targets, soft_predictions
 from fedkt.faults import FaultPlan
-from fedkt.models import build_model
+from fedkt.models import build_model, load_model_arrays, model_arrays
 from fedkt.task import alignment_indices, client_data, load_federation, public_data
 from fedkt.train import (LRPolicy, distill, make_optimizer, pick_device, predict_logits, set_threads,
                          state_from_bytes, state_to_bytes, train_epochs)
@@ -122,13 +122,17 @@ class KnowledgeClient(NumPyClient):
         c = self.cfg["client"]
         seed = int(self.cfg["seed"]) * 1_000_003 + self.partition_id * 1_009 + rnd
         metrics = {"partition_id": self.partition_id, "architecture": self.architecture}
+        fedavg = self.cfg["algorithm"]["name"] == "fedavg"
+        if fedavg:  # start from the global model, with a fresh momentum (plain FedAvg)
+            load_model_arrays(self.model, parameters)
+            self.optimizer.state.clear()
         if self.rounds_done == 0:
             self._warm_up(seed)
-        if parameters:
+        if parameters and not fedavg:
             if int(config["target_partition"]) != self.partition_id:
                 raise ValueError(f"client {self.partition_id} was sent the target of client "
                                  f"{config['target_partition']}")
-            metrics["distill_loss"] = self._distill(parameters[0], int(config["target_seed"]), seed)
+            metrics.update(self._guarded_distill(parameters[0], int(config["target_seed"]), seed))
         train = train_epochs(self.model, self.data.x_train, self.data.y_train, self.optimizer,
                              epochs=int(config["epochs"]), batch_size=int(c["batch_size"]), device=self.device,
                              augment=bool(c["augment"]), seed=seed)
@@ -138,7 +142,9 @@ class KnowledgeClient(NumPyClient):
                        val_acc=float(val_acc), lr=float(self.policy.lr))
         self.policy.step(val_acc)
         uploads = []
-        if int(config["next_seed"]) >= 0:
+        if fedavg:
+            uploads = model_arrays(self.model)
+        elif int(config["next_seed"]) >= 0:
             uploads = [self._predict(int(config["next_seed"]))]
         self.rounds_done = rnd
         metrics["state_bytes"] = self._save(rnd)
@@ -149,17 +155,38 @@ class KnowledgeClient(NumPyClient):
 
     def evaluate(self, parameters, config):
         self._setup(max_round=int(config["round"]))
+        if parameters:  # FedAvg: the global model, tested on this client's own test split
+            load_model_arrays(self.model, parameters)
         loss, acc = evaluate_model(self.model, self.data.x_test, self.data.y_test,
                                    batch_size=int(self.cfg["client"]["eval_batch_size"]), device=self.device)
         return float(loss), len(self.data.y_test), {"partition_id": self.partition_id, "test_acc": float(acc)}
 
     # -- steps ------------------------------------------------------------------------------------
 
+    def _guarded_distill(self, target: np.ndarray, target_seed: int, seed: int) -> dict:
+        """Distil; with client.distill_guard=val, undo it when it lowered the validation accuracy (the model
+        goes back to its weights before distilling; the private optimizer is not touched by distillation)."""
+        guard = self.cfg["client"]["distill_guard"] == "val"
+        if guard:
+            weights = {name: value.detach().clone() for name, value in self.model.state_dict().items()}
+            val_before = self._val_acc()
+        metrics = {"distill_loss": self._distill(target, target_seed, seed), "distill_lr": self._distill_lr()}
+        if guard:
+            val_after = self._val_acc()
+            metrics["distill_kept"] = int(not val_after < val_before)
+            if not metrics["distill_kept"]:
+                self.model.load_state_dict(weights)
+        return metrics
+
+    def _val_acc(self) -> float:
+        return evaluate_model(self.model, self.data.x_val, self.data.y_val,
+                              batch_size=int(self.cfg["client"]["eval_batch_size"]), device=self.device)[1]
+
     def _distill(self, target: np.ndarray, target_seed: int, seed: int) -> float:
         c, algo = self.cfg["client"], self.cfg["algorithm"]
         x_public, _ = public_data(self.cfg)
         idx = alignment_indices(len(x_public), int(algo["align_size"]), target_seed)
-        optimizer = make_optimizer(self.model, float(algo["distill_lr"]), momentum=float(c["momentum"]),
+        optimizer = make_optimizer(self.model, self._distill_lr(), momentum=float(c["momentum"]),
                                    weight_decay=float(c["weight_decay"]))
         target = np.asarray(target, dtype=np.float32)
         if algo["target_shift"] != "none":
@@ -169,6 +196,14 @@ class KnowledgeClient(NumPyClient):
                              optimizer, epochs=int(algo["distill_epochs"]),
                              batch_size=int(algo["distill_batch_size"]), temperature=float(algo["temperature"]),
                              loss=algo["distill_loss"], device=self.device, seed=seed))
+
+    def _distill_lr(self) -> float:
+        """algorithm.distill_lr, scaled by the factor client.lr_policy has applied to the private rate so far
+        (distill_lr_policy=follow), or as it is (fixed)."""
+        base = float(self.cfg["algorithm"]["distill_lr"])
+        if self.cfg["algorithm"]["distill_lr_policy"] == "fixed":
+            return base
+        return base * self.policy.lr / self.policy.base_lr
 
     def _predict(self, align_seed: int) -> np.ndarray:
         algo = self.cfg["algorithm"]

@@ -6,10 +6,11 @@ config (`flwr run`) is flat with dotted keys ("client.lr"); `unflatten` turns th
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 
-ALGORITHMS = ("ktpfl", "fedmd", "local")
+ALGORITHMS = ("ktpfl", "fedmd", "local", "fedavg")
 SCHEMES = ("type1", "type2", "iid")
 ARCHITECTURES = ("lenet", "alexnet", "resnet18", "shufflenetv2")
 
@@ -30,7 +31,9 @@ CHOICES = {
     "algorithm.distill_loss": ("kl", "l1", "mse"),
     "algorithm.target_shift": ("none", "classes", "prior"),
     "client.lr_policy": ("constant", "plateau", "cosine"),
+    "algorithm.distill_lr_policy": ("follow", "fixed"),
     "client.state_store": ("disk", "context"),
+    "client.distill_guard": ("none", "val"),
 }
 
 POSITIVE = (  # keys that must be > 0
@@ -151,9 +154,14 @@ def validate(cfg: dict) -> None:
         value = get(cfg, key)
         if not _is_number(value) or value < 0:
             raise ConfigError(f"{key}={value!r} must be a number >= 0")
-    client_architectures(cfg)
+    archs = client_architectures(cfg)
     name = get(cfg, "algorithm.name")
-    if name != "local" and get(cfg, "algorithm.align_size") > get(cfg, "data.public_size"):
+    if name == "fedavg" and len(set(archs)) > 1:
+        raise ConfigError(
+            f"algorithm.name=fedavg averages one model's parameters, but model.architectures="
+            f"{get(cfg, 'model.architectures')!r} gives the clients {len(set(archs))} architectures; give one, "
+            "e.g. model.architectures=lenet")
+    if name in ("ktpfl", "fedmd") and get(cfg, "algorithm.align_size") > get(cfg, "data.public_size"):
         raise ConfigError(
             f"algorithm.align_size={get(cfg, 'algorithm.align_size')} is larger than the public set "
             f"(data.public_size={get(cfg, 'data.public_size')}); lower it or enlarge the public set")
@@ -167,6 +175,11 @@ def validate(cfg: dict) -> None:
                           "targets: it needs algorithm.distill_loss=kl")
     if name == "fedmd" and get(cfg, "algorithm.consensus") == "logits" and get(cfg, "algorithm.upload") != "logits":
         raise ConfigError("algorithm.consensus=logits needs algorithm.upload=logits")
+    if name == "fedmd" and get(cfg, "algorithm.consensus") == "logits" and get(cfg, "algorithm.distill_loss") == "kl":
+        raise ConfigError(
+            "algorithm.consensus=logits with algorithm.distill_loss=kl: the server would send mean logits, and kl "
+            "distils towards probabilities; use consensus=probs with distill_loss=kl, or consensus=logits with "
+            "distill_loss=l1 or mse")
     if get(cfg, "client.warmup_public_epochs") > 0 and get(cfg, "data.public_size") == 0:
         raise ConfigError("client.warmup_public_epochs > 0 needs a public set (data.public_size > 0)")
     for key in ("min_fit_fraction", "faults.fail_prob"):
@@ -183,6 +196,11 @@ def validate(cfg: dict) -> None:
         value = get(cfg, key)
         if not _is_number(value) or not 0 < value < 1:
             raise ConfigError(f"{key}={value!r} must lie strictly between 0 and 1")
+    if get(cfg, "logging.tensorboard") not in (True, False):
+        raise ConfigError(f"logging.tensorboard={get(cfg, 'logging.tensorboard')!r} must be true or false")
+    if get(cfg, "logging.tensorboard") and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("logging.tensorboard=true needs the tensorboard package: pip install -e \".[tensorboard]\" "
+                          "(or pip install tensorboard), or set logging.tensorboard=false")
     device = str(get(cfg, "client.device"))
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise ConfigError(f"client.device={device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
@@ -195,6 +213,15 @@ def validate(cfg: dict) -> None:
         raise ConfigError(f"client.num_gpus={share!r} must be -1 (auto) or a GPU share >= 0, e.g. 0.25")
     # Whether a GPU exists is a question for the node that runs the clients, not for this process:
     # check_ray_resources (the simulation) and fedkt.train.pick_device (each client) ask it there.
+
+
+def synthetic_data_note(cfg: dict) -> str | None:
+    """One line when a data.root was given to a run on generated data (experiment=smoke), which reads none."""
+    root = str(get(cfg, "data.root"))
+    if get(cfg, "data.name") == "synthetic" and root not in ("", "data"):
+        return (f"data.name=synthetic (experiment=smoke): the run uses generated data and does not read "
+                f"data.root={root}; add data.name=cifar10 to use it")
+    return None
 
 
 def _is_number(value) -> bool:

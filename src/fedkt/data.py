@@ -50,7 +50,9 @@ class DataError(ValueError):
 
 @dataclass(repr=False)
 class ImageData:
-    """A train/test image data set: uint8 images N x C x H x W, int64 labels, per-channel stats."""
+    """A train/test image data set: uint8 images N x C x H x W, int64 labels, per-channel stats of the whole
+    training split (a federation normalizes with the stats of what its clients may train on instead:
+    fedkt.task.normalization_stats)."""
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_test: torch.Tensor
@@ -422,7 +424,7 @@ def _decode(data: bytes, name, image_size: int, resize: str) -> np.ndarray:
 # -----------------------------------------------------------------------------
 # arrays -> ImageData, and the cache
 
-def _channel_stats(x: np.ndarray):
+def channel_stats(x: np.ndarray):
     """Exact per-channel mean and std in [0, 1] units of uint8 images N x C x H x W (via histograms)."""
     values = np.arange(256, dtype=np.float64) / 255.0
     means, stds = [], []
@@ -438,7 +440,7 @@ def _channel_stats(x: np.ndarray):
 
 def _to_image_data(arrays: dict, mean=None, std=None) -> ImageData:
     if mean is None:
-        mean, std = _channel_stats(arrays["x_train"])
+        mean, std = channel_stats(arrays["x_train"])
     return ImageData(x_train=torch.from_numpy(arrays["x_train"]), y_train=torch.from_numpy(arrays["y_train"]),
                      x_test=torch.from_numpy(arrays["x_test"]), y_test=torch.from_numpy(arrays["y_test"]),
                      classes=list(arrays["classes"]), mean=tuple(mean), std=tuple(std))

@@ -12,6 +12,7 @@ Every model maps (B, in_channels, H, W) float images to (B, num_classes) logits,
 Weights are drawn from torch's global RNG: call torch.manual_seed first for a reproducible model.
 """
 
+import torch
 import torch.nn as nn
 
 ARCHITECTURES = ("lenet", "alexnet", "resnet18", "shufflenetv2")
@@ -89,6 +90,14 @@ class AlexNet(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(512, num_classes),
         )
+        # He initialisation of the convolutions: torch's default init shrinks the activations about 20-fold through
+        # the five ReLU convolutions, and without BatchNorm the model then stays at its majority class for 10+
+        # epochs on a 480-image shard (docs/RESULTS.md, "Every client learns").
+        for module in self.features.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
     def forward(self, x):
         return self.classifier(self.features(x))
@@ -150,3 +159,22 @@ def build_model(arch, num_classes=10, in_channels=3, norm="none", stem="cifar"):
 def count_parameters(model):
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def model_arrays(model):
+    """The model's whole state (parameters and buffers, in state_dict order) as numpy arrays: what FedAvg
+    sends and averages."""
+    return [t.detach().cpu().numpy().copy() for t in model.state_dict().values()]
+
+
+def load_model_arrays(model, arrays):
+    """Load arrays from model_arrays (maybe averaged: cast back to each entry's dtype) into the model."""
+    state = model.state_dict()
+    if len(arrays) != len(state):
+        raise ValueError(f"expected {len(state)} arrays for this model, got {len(arrays)}")
+    new = {}
+    for (name, tensor), array in zip(state.items(), arrays):
+        if tuple(array.shape) != tuple(tensor.shape):
+            raise ValueError(f"{name}: expected shape {tuple(tensor.shape)}, got {tuple(array.shape)}")
+        new[name] = torch.as_tensor(array).to(dtype=tensor.dtype)
+    model.load_state_dict(new)

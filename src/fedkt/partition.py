@@ -226,10 +226,12 @@ def _type2_counts(pools, num_clients, k, samples_per_client, min_per_class, rng)
         members = np.flatnonzero(has[:, c])
         if len(members) == 0:  # fewer client slots than classes: this class stays unused
             continue
-        share = _apportion(len(pools[c]), np.ones(len(members)))
-        if samples_per_client is not None:
-            share = np.minimum(share, _apportion(samples_per_client, np.ones(k))[0])
-        counts[members, c] = share
+        counts[members, c] = _apportion(len(pools[c]), np.ones(len(members)))
+    if samples_per_client is not None:  # a cap not divisible by k: the extra samples rotate over the k classes
+        caps = _apportion(samples_per_client, np.ones(k))
+        for i in range(num_clients):
+            own = np.flatnonzero(has[i])
+            counts[i, own] = np.minimum(counts[i, own], np.roll(caps, i)[:len(own)])
     return counts
 
 

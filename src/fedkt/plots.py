@@ -7,7 +7,9 @@
 - clients.png: every client's test accuracy per round, coloured by architecture (the paper's Figs. 3-4);
 - coefficients.png (KT-pFL): the final knowledge coefficient matrix c, clients grouped by architecture;
 - coefficients_rounds.png (KT-pFL): the normalised entropy of every row of c per round, and c at a few rounds;
-- bytes.png: bytes the server sent and received per round.
+- bytes.png: bytes the server sent and received per round;
+- partition.png: every client's class counts as stacked bars (simulation runs: the ServerApp of `flwr run`
+  holds no data and draws none).
 
 Each figure is drawn on its own from whatever files the run has: a missing or unreadable file, a single round,
 NaN values or a crashed run give fewer (or emptier) figures, never an exception. No pyplot (no global state,
@@ -24,6 +26,7 @@ import math
 import re
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -127,9 +130,9 @@ def client_architectures(run_dir: Path, clients: list[dict], config: dict) -> di
     return {}
 
 
-def client_classes(run_dir: Path) -> dict[int, list[str]]:
-    """partition id -> the classes it holds, from class counts in partition.json ('class_counts') if there,
-    else from the table in partition.txt; {} when neither has them."""
+def read_class_counts(run_dir: Path) -> tuple[list[str], np.ndarray] | None:
+    """(class names, counts of shape (clients, classes)) from partition.json ('class_counts') if there, else
+    from the table in partition.txt; None when neither has them."""
     data = read_json(run_dir / "partition.json")
     names: list[str] | None = None
     counts = None
@@ -140,10 +143,10 @@ def client_classes(run_dir: Path) -> dict[int, list[str]]:
         try:
             lines = (run_dir / "partition.txt").read_text().splitlines()
         except OSError:
-            return {}
+            return None
         header = next((i for i, line in enumerate(lines) if line.split()[:1] == ["client"]), None)
         if header is None:
-            return {}
+            return None
         cols = lines[header].split()[1:]
         names = cols[:-4] if cols[-4:] == ["train", "val", "test", "total"] else cols
         counts = []
@@ -154,12 +157,21 @@ def client_classes(run_dir: Path) -> dict[int, list[str]]:
             counts.append([int(v) if v.isdigit() else 0 for v in cells[1:len(names) + 1]])
     try:
         counts = np.asarray(counts, dtype=float)
-        if counts.ndim != 2:
-            return {}
-        names = list(names) if names and len(names) == counts.shape[1] else [str(k) for k in range(counts.shape[1])]
-        return {i: [names[k] for k in np.flatnonzero(row > 0)] for i, row in enumerate(counts)}
     except (TypeError, ValueError):
+        return None
+    if counts.ndim != 2 or counts.size == 0:
+        return None
+    names = list(names) if names and len(names) == counts.shape[1] else [str(k) for k in range(counts.shape[1])]
+    return names, counts
+
+
+def client_classes(run_dir: Path) -> dict[int, list[str]]:
+    """partition id -> the classes it holds (read_class_counts); {} when the run has no class counts."""
+    found = read_class_counts(run_dir)
+    if found is None:
         return {}
+    names, counts = found
+    return {i: [names[k] for k in np.flatnonzero(row > 0)] for i, row in enumerate(counts)}
 
 
 def _get(cfg, dotted: str):
@@ -423,6 +435,30 @@ def plot_bytes(run_dir: Path, out_dir: Path, title: str) -> Path | None:
     return save_figure(fig, out_dir / "bytes.png")
 
 
+def plot_partition(run_dir: Path, out_dir: Path, title: str) -> Path | None:
+    """partition.png: every client's class counts as one stacked bar (classes in colour), the way Flower
+    Datasets' plot_label_distributions draws a partitioning; None when the run has no class counts."""
+    found = read_class_counts(run_dir)
+    if found is None:
+        return None
+    names, counts = found
+    n, k = counts.shape
+    fig = new_figure(width=min(14.0, max(6.0, 0.35 * n + 3.0)))
+    ax = fig.add_subplot(1, 1, 1)
+    palette = [matplotlib.colormaps["tab10" if k <= 10 else "tab20"](i % 20) for i in range(k)]
+    bottom = np.zeros(n)
+    for j in range(k):
+        ax.bar(np.arange(n), counts[:, j], bottom=bottom, color=palette[j], width=0.8, label=names[j])
+        bottom += counts[:, j]
+    ax.set_xlabel("client (partition id)")
+    ax.set_ylabel("samples (train + val + test)")
+    ax.set_xticks(np.arange(n) if n <= 40 else np.arange(0, n, max(1, n // 20)))
+    ax.set_xlim(-0.6, n - 0.4)
+    ax.set_title(f"Label distribution per client — {title}", fontsize=10)
+    ax.legend(title="class", fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 if k <= 20 else 2)
+    return save_figure(fig, out_dir / "partition.png")
+
+
 def write_run_figures(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     """Draw every figure the run's files allow into out_dir (default: run_dir); returns the PNGs written.
     Never raises on a run's content: a figure that cannot be drawn is logged and skipped."""
@@ -443,6 +479,7 @@ def write_run_figures(run_dir: str | Path, out_dir: str | Path | None = None) ->
         jobs += [("coefficients", lambda: plot_coefficients(run_dir, out_dir, title, config, c)),
                  ("coefficients_rounds", lambda: plot_coefficient_rounds(run_dir, out_dir, title, config, c))]
     jobs.append(("bytes", lambda: plot_bytes(run_dir, out_dir, title)))
+    jobs.append(("partition", lambda: plot_partition(run_dir, out_dir, title)))
     written = []
     for name, job in jobs:
         try:

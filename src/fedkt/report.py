@@ -1,7 +1,7 @@
 """A report over many runs: a Hydra multirun directory, or any set of run directories.
 
     python -m fedkt.report outputs/multirun/2026-11-25_16-00-00            # -> report.md + figures there
-    python -m fedkt.report RUN_A RUN_B SWEEP_C --out /tmp/report [--run-figures]
+    python -m fedkt.report RUN_A RUN_B SWEEP_C --out /tmp/report [--run-figures] [--x data.samples_per_client]
 
 Every directory holding both config.json and summary.json (see fedkt.results) below the given paths is a run.
 report.md holds:
@@ -15,6 +15,12 @@ report.md holds:
 - the same table per architecture: each architecture's clients' mean final test accuracy, mean over seeds;
 - one curve figure per partition (curves_<partition>.png): mean test accuracy per round of each algorithm
   (and setting), mean over seeds with a +-1 sample-std band; runs that did not complete are drawn dotted;
+- paired differences: for each partition x setting and each pair of algorithms, the final accuracy of one
+  minus the other on the same seed (same shards), as mean over the matching seeds with a 95 % confidence
+  interval (Student t, n-1 degrees of freedom), and a verdict: one arm ahead when the interval excludes zero,
+  else "level";
+- with `--x KEY` (any swept config key, e.g. data.samples_per_client), sweep_<partition>.png: final accuracy of
+  each algorithm against KEY (mean over seeds, 95 % interval), and beside it the paired gains against KEY;
 - the runs table: one row per run with its status, rounds, final accuracy, wall time and bytes;
 - every run that failed, is incomplete, still running or unreadable, listed with its status and error.
 
@@ -60,9 +66,10 @@ IGNORED_KEYS = ("seed", "algorithm.name", "partition.scheme", "run_dir", "data.r
                 "data.download", "client.device", "client.num_cpus", "client.num_gpus", "client.state_store",
                 "client.eval_batch_size")
 IGNORED_PREFIXES = ("ray.", "logging.", "hydra.")
-ALGORITHM_ORDER = ("ktpfl", "fedmd", "local")
+ALGORITHM_ORDER = ("ktpfl", "fedmd", "local", "fedavg")
 PARTITION_ORDER = ("type1", "type2", "iid")
-ALGORITHM_STYLE = {"ktpfl": ("#0072B2", "o"), "fedmd": ("#D55E00", "s"), "local": ("#555555", "^")}
+ALGORITHM_STYLE = {"ktpfl": ("#0072B2", "o"), "fedmd": ("#D55E00", "s"), "local": ("#555555", "^"),
+                   "fedavg": ("#009E73", "v")}
 _MISSING = "—"
 
 
@@ -105,8 +112,10 @@ class Run:
         return to_float(self.summary.get("final_mean_test_acc"))
 
     @property
-    def best(self) -> float:
-        return to_float(self.summary.get("best_mean_test_acc"))
+    def val_selected(self) -> float:
+        """Mean test accuracy in the round with the best mean validation accuracy (NaN for runs recorded
+        before fedkt chose it; their best_mean_test_acc, chosen on test data, is not shown)."""
+        return to_float(self.summary.get("val_selected_mean_test_acc"))
 
     @property
     def included(self) -> bool:
@@ -159,14 +168,92 @@ class Group:
         return float(np.std(self.finals, ddof=1)) if self.n > 1 else None
 
     @property
-    def best_mean(self) -> float:
-        best = np.array([r.best for r in self.runs])
-        return float(np.mean(best)) if np.isfinite(best).all() else math.nan
+    def val_selected_mean(self) -> float:
+        chosen = np.array([r.val_selected for r in self.runs])
+        return float(np.mean(chosen)) if np.isfinite(chosen).all() else math.nan
 
     def architecture_mean(self, arch: str) -> float:
         """Mean over seeds of the architecture's final accuracy; NaN unless every run has it."""
         values = [r.architecture_finals.get(arch, math.nan) for r in self.runs]
         return float(np.mean(values)) if values and np.isfinite(values).all() else math.nan
+
+
+# Student t quantiles t(0.975, df) for df = 1..30; beyond, a Cornish-Fisher expansion around the normal 1.96
+# (error < 0.001). Written out rather than importing scipy for one number.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t975(df: int) -> float:
+    if df < 1:
+        return math.nan
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964
+    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+
+
+def mean_ci(values) -> tuple[float, float]:
+    """(mean, half-width of its 95 % confidence interval); the half-width is NaN below two values."""
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        return math.nan, math.nan
+    if values.size < 2:
+        return float(values.mean()), math.nan
+    return float(values.mean()), t975(values.size - 1) * float(values.std(ddof=1)) / math.sqrt(values.size)
+
+
+@dataclass
+class Paired:
+    """Final accuracy of algorithm `a` minus that of `b`, seed by seed, in one partition and setting."""
+    partition: str
+    setting: str
+    a: str
+    b: str
+    seeds: list
+    diffs: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def mean(self) -> float:
+        return mean_ci(self.diffs)[0]
+
+    @property
+    def half_width(self) -> float:
+        return mean_ci(self.diffs)[1]
+
+    @property
+    def verdict(self) -> str:
+        if not math.isfinite(self.half_width):
+            return "too few seeds"
+        if self.mean - self.half_width > 0:
+            return f"{self.a} ahead"
+        if self.mean + self.half_width < 0:
+            return f"{self.b} ahead"
+        return "level"
+
+
+def paired_differences(groups: list[Group]) -> list[Paired]:
+    """Every pair of algorithms run in the same partition and setting, over the seeds both have (a seed run
+    twice counts once: its last run in path order)."""
+    cells: dict[tuple, dict[str, Group]] = {}
+    for g in groups:
+        cells.setdefault((g.partition, g.setting), {})[g.algorithm] = g
+    pairs = []
+    for (partition, setting), by_algorithm in cells.items():
+        names = sorted(by_algorithm, key=lambda a: _order(a, ALGORITHM_ORDER))
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                final_a = {r.seed: r.final for r in by_algorithm[a].runs}
+                final_b = {r.seed: r.final for r in by_algorithm[b].runs}
+                seeds = sorted(set(final_a) & set(final_b), key=lambda s: natural_key(str(s)))
+                if seeds:
+                    pairs.append(Paired(partition, setting, a, b, seeds,
+                                        np.array([final_a[s] - final_b[s] for s in seeds])))
+    return pairs
 
 
 @dataclass
@@ -177,6 +264,7 @@ class Report:
     groups: list[Group]
     figures: list[Path]
     setting_keys: list[str]
+    paired: list[Paired] = field(default_factory=list)
 
 
 # -----------------------------------------------------------------------------
@@ -310,6 +398,66 @@ def plot_curves(runs: list[Run], groups: list[Group], out_dir: Path) -> list[Pat
     return written
 
 
+def plot_sweep(groups: list[Group], paired: list[Paired], x_key: str, out_dir: Path) -> list[Path]:
+    """sweep_<partition>.png: left, each algorithm's final accuracy against the config key x_key (mean over
+    seeds, 95 % interval); right, the paired gains against x_key (0 = level). One line per algorithm (or pair)
+    and per value of the other setting keys."""
+    where = {(g.partition, g.setting): g.runs[0].flat.get(x_key) for g in groups}
+
+    def rest(setting: str) -> str:
+        return ", ".join(part for part in setting.split(", ") if part and not part.startswith(f"{x_key}="))
+
+    values = list(dict.fromkeys(v for v in where.values() if v is not None))
+    numeric = all(math.isfinite(to_float(v)) for v in values)
+    values.sort(key=lambda v: to_float(v) if numeric else natural_key(str(v)))
+    position = {json.dumps(v, default=str): (to_float(v) if numeric else float(i)) for i, v in enumerate(values)}
+
+    def x_of(partition, setting):
+        return position.get(json.dumps(where.get((partition, setting)), default=str), math.nan)
+
+    written = []
+    for partition in sorted({g.partition for g in groups}, key=lambda p: _order(p, PARTITION_ORDER)):
+        fig = new_figure(11.0, 4.4)
+        ax_acc, ax_gain = fig.subplots(1, 2)
+        series: dict[tuple, list] = {}
+        for g in (g for g in groups if g.partition == partition):
+            series.setdefault((g.algorithm, rest(g.setting)), []).append(
+                (x_of(partition, g.setting), *mean_ci(g.finals)))
+        for (algorithm, other), points in series.items():
+            xs, means, halves = map(np.array, zip(*sorted(points)))
+            colour, marker = _algorithm_style(algorithm)
+            ax_acc.errorbar(xs, means, yerr=np.nan_to_num(halves), color=colour, marker=marker, capsize=3, lw=1.8,
+                            label=algorithm + (f" [{other}]" if other else ""))
+        gains: dict[tuple, list] = {}
+        for p in (p for p in paired if p.partition == partition):
+            gains.setdefault((p.a, p.b, rest(p.setting)), []).append((x_of(partition, p.setting), p.mean,
+                                                                      p.half_width))
+        for (a, b, other), points in gains.items():
+            xs, means, halves = map(np.array, zip(*sorted(points)))
+            colour, marker = _algorithm_style(a if b == "local" else b)
+            ax_gain.errorbar(xs, 100 * means, yerr=100 * np.nan_to_num(halves), color=colour, marker=marker,
+                             capsize=3, lw=1.5, ls="-" if b == "local" else "--",
+                             label=f"{a} − {b}" + (f" [{other}]" if other else ""))
+        ax_gain.axhline(0.0, color="black", lw=0.8)
+        for ax in (ax_acc, ax_gain):
+            ax.set_xlabel(x_key)
+            ax.grid(True, alpha=0.3)
+            if not numeric:
+                ax.set_xticks(range(len(values)), [str(v) for v in values])
+            elif values and min(map(to_float, values)) > 0 and max(map(to_float, values)) >= 10 * min(
+                    map(to_float, values)):
+                ax.set_xscale("log")
+                ax.minorticks_off()
+                ax.set_xticks([to_float(v) for v in values], [str(v) for v in values])
+            ax.legend(fontsize=7.5)
+        ax_acc.set_ylabel("final mean test accuracy")
+        ax_gain.set_ylabel("paired gain (points)")
+        ax_acc.set_title(f"{partition}: accuracy (mean over seeds, 95 % CI)", fontsize=9.5)
+        ax_gain.set_title(f"{partition}: paired gain on the same seeds (95 % CI)", fontsize=9.5)
+        written.append(save_figure(fig, out_dir / f"sweep_{_safe(partition)}.png"))
+    return written
+
+
 class _quiet:
     """Silence numpy's 'mean of empty slice' warnings inside a block."""
 
@@ -360,12 +508,29 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 
 def mean_table(groups: list[Group], with_setting: bool) -> list[str]:
     header = ["partition", "algorithm"] + (["setting"] if with_setting else []) + [
-        "n", "final acc mean", "final acc std", "best acc mean", "seeds"]
+        "n", "final acc mean", "final acc std", "acc at best-val round", "seeds"]
     rows = []
     for g in groups:
         rows.append([g.partition, g.algorithm] + ([g.setting or "(default)"] if with_setting else []) + [
-            g.n, _acc(g.mean), _acc(g.std) if g.std is not None else _MISSING, _acc(g.best_mean),
+            g.n, _acc(g.mean), _acc(g.std) if g.std is not None else _MISSING, _acc(g.val_selected_mean),
             ", ".join(str(r.seed) for r in g.runs)])
+    return _table(header, rows)
+
+
+def _points(value) -> str:
+    value = to_float(value)
+    return f"{100 * value:+.2f}" if math.isfinite(value) else _MISSING
+
+
+def paired_table(paired: list[Paired], with_setting: bool) -> list[str]:
+    header = ["partition"] + (["setting"] if with_setting else []) + [
+        "difference", "n", "mean (points)", "95 % CI (points)", "verdict", "seeds"]
+    rows = []
+    for p in paired:
+        low, high = p.mean - p.half_width, p.mean + p.half_width
+        interval = f"[{_points(low)}, {_points(high)}]" if math.isfinite(p.half_width) else _MISSING
+        rows.append([p.partition] + ([p.setting or "(default)"] if with_setting else []) + [
+            f"{p.a} − {p.b}", p.n, _points(p.mean), interval, p.verdict, ", ".join(map(str, p.seeds))])
     return _table(header, rows)
 
 
@@ -432,6 +597,12 @@ def render_markdown(report: Report, paths) -> str:
         lines += ["All runs share one configuration apart from seed, algorithm and partition (keys that only "
                   "some runs have, with one value, and paths, devices and resources are not compared).", ""]
     lines += mean_table(groups, with_setting) if groups else ["No completed run."]
+    if report.paired:
+        lines += ["", "### Paired differences", "",
+                  "Final mean test accuracy of one algorithm minus another on the same seed (the same shards, the "
+                  "same model initialisations), in percentage points: mean over the matching seeds and its 95 % "
+                  "confidence interval (Student t). An arm is *ahead* only when the interval excludes zero; "
+                  "otherwise the two are *level*.", ""] + paired_table(report.paired, with_setting)
     per_arch = architecture_table(groups, with_setting)
     if per_arch:
         lines += ["", "### Per architecture", "",
@@ -443,8 +614,13 @@ def render_markdown(report: Report, paths) -> str:
         lines += ["", "## Accuracy per round", ""]
         for f in curves:
             lines += [f"![{f.stem}]({os.path.relpath(f, report.out_dir)})", ""]
+    sweeps = [f for f in report.figures if f.name.startswith("sweep_")]
+    if sweeps:
+        lines += ["", "## Accuracy and paired gain against the swept key", ""]
+        for f in sweeps:
+            lines += [f"![{f.stem}]({os.path.relpath(f, report.out_dir)})", ""]
     lines += ["", "## Runs", ""] + runs_table(runs, with_setting)
-    others = [f for f in report.figures if not f.name.startswith("curves_")]
+    others = [f for f in report.figures if not f.name.startswith(("curves_", "sweep_"))]
     if others:
         lines += ["", "## Per-run figures", ""]
         lines += [f"- [{os.path.relpath(f, report.out_dir)}]({os.path.relpath(f, report.out_dir)})" for f in others]
@@ -459,11 +635,15 @@ def report_json(report: Report) -> dict:
         "setting_keys": report.setting_keys,
         "groups": [{"partition": g.partition, "algorithm": g.algorithm, "setting": g.setting, "n": g.n,
                     "seeds": [r.seed for r in g.runs], "final_mean": number(g.mean),
-                    "final_std": number(g.std) if g.std is not None else None, "best_mean": number(g.best_mean),
+                    "final_std": number(g.std) if g.std is not None else None,
+                    "val_selected_mean": number(g.val_selected_mean),
                     "finals": [number(r.final) for r in g.runs], "runs": [r.label for r in g.runs],
                     "architecture_means": {a: number(g.architecture_mean(a))
                                            for a in dict.fromkeys(a for r in g.runs for a in r.architecture_finals)}}
                    for g in report.groups],
+        "paired": [{"partition": p.partition, "setting": p.setting, "a": p.a, "b": p.b, "n": p.n,
+                    "seeds": p.seeds, "diffs": [number(d) for d in p.diffs], "mean": number(p.mean),
+                    "ci95_half_width": number(p.half_width), "verdict": p.verdict} for p in report.paired],
         "runs": [{"run": r.label, "path": str(r.path), "algorithm": r.algorithm, "partition": r.partition,
                   "seed": r.seed, "setting": r.setting, "status": r.status, "error": r.error,
                   "included": r.included, "rounds_completed": r.summary.get("rounds_completed"),
@@ -477,9 +657,10 @@ def report_json(report: Report) -> dict:
 # -----------------------------------------------------------------------------
 # entry points
 
-def write_report(paths, out_dir=None, run_figures: bool = False) -> Report:
-    """Find the runs under paths, write report.md, report.json and curves_<partition>.png into out_dir
-    (default: the first path); returns what it wrote. Raises FileNotFoundError when no run is found."""
+def write_report(paths, out_dir=None, run_figures: bool = False, x_key: str | None = None) -> Report:
+    """Find the runs under paths, write report.md, report.json and curves_<partition>.png (and, with x_key,
+    sweep_<partition>.png) into out_dir (default: the first path); returns what it wrote. Raises
+    FileNotFoundError when no run is found, ValueError when no run's config has x_key."""
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     if not paths:
         raise ValueError("write_report: give at least one path")
@@ -496,16 +677,21 @@ def write_report(paths, out_dir=None, run_figures: bool = False) -> Report:
     for run in runs:
         run.setting = ", ".join(f"{k}={run.flat.get(k, _MISSING)}" for k in keys)
     groups = group_runs(runs)
+    paired = paired_differences(groups)
+    if x_key and not any(x_key in r.flat for r in runs):
+        raise ValueError(f"--x {x_key}: no run's config has that key; keys that vary: {', '.join(keys) or 'none'}")
     figures: list[Path] = []
     try:
         figures += plot_curves(runs, groups, out)
+        if x_key:
+            figures += plot_sweep(groups, paired, x_key, out)
     except Exception as error:  # the tables matter more than a figure
-        log.warning("report: curves not drawn: %s: %s", type(error).__name__, error)
+        log.warning("report: figures not drawn: %s: %s", type(error).__name__, error)
     if run_figures:
         for run in runs:
             figures += write_run_figures(run.path, out / "runs" / _safe(run.label.replace(os.sep, "__")))
     report = Report(out_dir=out, markdown=out / "report.md", runs=runs, groups=groups, figures=figures,
-                    setting_keys=keys)
+                    setting_keys=keys, paired=paired)
     write_atomic(report.markdown, render_markdown(report, paths))
     write_atomic(out / "report.json", json.dumps(report_json(report), indent=2, default=str))
     return report
@@ -545,13 +731,18 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="where report.md and figures go (default: the first PATH)")
     parser.add_argument("--run-figures", action="store_true",
                         help="also draw every run's own figures into OUT/runs/<run>/")
+    parser.add_argument("--x", dest="x_key", default=None, metavar="KEY",
+                        help="a swept config key (e.g. data.samples_per_client): also draw accuracy and paired gain "
+                             "against it (sweep_<partition>.png)")
     args = parser.parse_args(argv)
     try:
-        report = write_report(args.paths, args.out, run_figures=args.run_figures)
+        report = write_report(args.paths, args.out, run_figures=args.run_figures, x_key=args.x_key)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print("\n".join(mean_table(report.groups, bool(report.setting_keys))) if report.groups else "no completed run")
+    if report.paired:
+        print("\n".join(paired_table(report.paired, bool(report.setting_keys))))
     left_out = [r for r in report.runs if not r.included]
     if left_out:
         print("left out: " + "; ".join(f"{r.label} ({r.status})" for r in left_out))

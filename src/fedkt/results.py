@@ -3,8 +3,10 @@
 - metrics.csv / metrics.json: one row per round (mean, spread, failures, seconds, bytes);
 - clients.csv: one row per client per round (architecture, test/val/train accuracy, losses, seconds, bytes);
 - coefficients.npy: KT-pFL's c after every round, shape (rounds, N, N);
-- summary.json: status, final_mean_test_acc, the per-round mean history and the wall time;
-- checkpoint.pkl: the server's state after the last complete round (with clients/ it resumes a run).
+- summary.json: status, final_mean_test_acc, the per-round mean history, the round chosen by mean validation
+  accuracy and its test accuracy (never a round chosen on test data), and the wall time;
+- checkpoint.npz: the server's state after the last complete round (with clients/ it resumes a run); arrays
+  and JSON only, so loading it runs no code (`read_checkpoint`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import json
 import logging
 import math
 import os
-import pickle
 import time
 from pathlib import Path
 
@@ -59,6 +60,65 @@ def dump_json(path: Path, value) -> None:
     write_atomic(path, json.dumps(_json_safe(value), indent=2))
 
 
+CHECKPOINT = "checkpoint.npz"
+OLD_CHECKPOINT = "checkpoint.pkl"  # fedkt before 2026-11-29: a pickle, never loaded (unpickling can run code)
+
+
+def pack_state(state) -> bytes:
+    """A nested state (dicts, lists, tuples, numbers, strings, None, numpy arrays) as the bytes of one .npz
+    file: each array stored as itself, the rest as JSON in the array "__state__". Tuples come back as lists."""
+    arrays: dict[str, np.ndarray] = {}
+
+    def encode(value):
+        if isinstance(value, np.ndarray):
+            if value.dtype.hasobject:
+                raise TypeError("object arrays cannot be stored without pickle")
+            arrays[f"a{len(arrays)}"] = value
+            return {"__array__": f"a{len(arrays) - 1}"}
+        if isinstance(value, dict):
+            if all(isinstance(k, str) for k in value):
+                return {k: encode(v) for k, v in value.items()}
+            return {"__items__": [[encode(k), encode(v)] for k, v in value.items()]}
+        if isinstance(value, (list, tuple)):
+            return [encode(v) for v in value]
+        return value.item() if isinstance(value, np.generic) else value
+
+    text = json.dumps(encode(state))
+    buffer = io.BytesIO()
+    np.savez(buffer, __state__=np.frombuffer(text.encode(), dtype=np.uint8), **arrays)
+    return buffer.getvalue()
+
+
+def unpack_state(path: str | Path):
+    """What pack_state wrote, read with allow_pickle=False."""
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+
+    def decode(value):
+        if isinstance(value, dict):
+            if set(value) == {"__array__"}:
+                return arrays[value["__array__"]]
+            if set(value) == {"__items__"}:
+                return {decode(k): decode(v) for k, v in value["__items__"]}
+            return {k: decode(v) for k, v in value.items()}
+        return [decode(v) for v in value] if isinstance(value, list) else value
+
+    return decode(json.loads(arrays.pop("__state__").tobytes().decode()))
+
+
+def read_checkpoint(run_dir: str | Path) -> dict | None:
+    """The run's checkpoint, or None when it has none; ValueError for a checkpoint in the old pickle format."""
+    run_dir = Path(run_dir)
+    if (run_dir / CHECKPOINT).exists():
+        return unpack_state(run_dir / CHECKPOINT)
+    if (run_dir / OLD_CHECKPOINT).exists():
+        raise ValueError(
+            f"{run_dir / OLD_CHECKPOINT} is a pickle written by an older fedkt; fedkt no longer loads pickles (loading "
+            "one can run any code), so this run cannot be resumed: start it again. Its records (metrics.csv, "
+            "clients.csv, summary.json) stay readable by fedkt.report.")
+    return None
+
+
 class RunRecorder:
     """Called by the strategy after every round; keeps the run directory up to date and logs progress."""
 
@@ -94,7 +154,7 @@ class RunRecorder:
     def save_checkpoint(self, server_state: dict) -> None:
         """After a complete round: the server's state plus what this recorder holds, written atomically."""
         state = {"server": server_state, "coefficients": self.coefficients, "wall_seconds": self.wall_seconds()}
-        write_atomic(self.run_dir / "checkpoint.pkl", pickle.dumps(state))
+        write_atomic(self.run_dir / CHECKPOINT, pack_state(state))
 
     def restore(self, checkpoint: dict) -> dict:
         """Take up a killed run's records; returns the server's state to load into the strategy."""
@@ -110,14 +170,17 @@ class RunRecorder:
         return self.seconds_before + time.time() - self.start
 
     def progress_line(self, record: dict) -> str:
-        done = len(self.rounds) - self.resumed_rounds
-        elapsed = time.time() - self.start
-        left = elapsed / done * (self.num_rounds - len(self.rounds))
+        # time left from the rounds after this session's first (the first holds the warm-up epochs and the
+        # clients' start-up: several times a later round); from the first alone until there is another
+        seconds = [float(r["seconds"]) for r in self.rounds[self.resumed_rounds:]]
+        later = seconds[1:] or seconds
+        left = sum(later) / len(later) * (self.num_rounds - len(self.rounds))
+        basis = "" if len(seconds) > 1 or len(self.rounds) == self.num_rounds else " (from round 1, with its warm-up)"
         return (f"round {record['round']}/{self.num_rounds} | mean test acc {record['mean_test_acc']:.4f} "
                 f"(min {record['min_test_acc']:.3f}, max {record['max_test_acc']:.3f}) | "
                 f"clients {record['eval_clients']}/{self.cfg['num_clients']}, failures "
                 f"{record.get('fit_failures', 0) + record.get('eval_failures', 0)}, rejected {record.get('rejected', 0)} | "
-                f"{record['seconds']:.1f} s | about {format_duration(left)} left")
+                f"{record['seconds']:.1f} s | about {format_duration(left)} left{basis}")
 
     def finish(self, status: str, error: str = "") -> dict:
         self.status, self.error = status, error
@@ -135,8 +198,8 @@ class RunRecorder:
             "num_rounds": self.num_rounds,
             "rounds_completed": len(self.rounds),
             "final_mean_test_acc": history[-1] if history else None,
-            "best_mean_test_acc": max(history) if history else None,
             "mean_test_acc_history": history,
+            **val_selected(self.rounds),
             "final_client_test_acc": {r["partition_id"]: r.get("test_acc") for r in self.client_rows
                                       if r["round"] == (self.rounds[-1]["round"] if self.rounds else -1)},
             "wall_seconds": self.wall_seconds(),
@@ -145,6 +208,16 @@ class RunRecorder:
         }
         dump_json(self.run_dir / "summary.json", summary)
         return summary
+
+
+def val_selected(rounds: list[dict]) -> dict:
+    """The round with the highest mean validation accuracy (the earliest of ties) and that round's mean test
+    accuracy: the figure to quote for "the best round", chosen without looking at test data."""
+    scored = [(r["mean_val_acc"], -i) for i, r in enumerate(rounds) if math.isfinite(r.get("mean_val_acc", math.nan))]
+    if not scored:
+        return {"val_selected_round": None, "val_selected_mean_test_acc": None}
+    chosen = rounds[-max(scored)[1]]
+    return {"val_selected_round": chosen["round"], "val_selected_mean_test_acc": chosen["mean_test_acc"]}
 
 
 def format_duration(seconds: float) -> str:

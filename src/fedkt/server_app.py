@@ -1,4 +1,4 @@
-"""The ServerApp: the KnowledgeTransfer strategy run for `num_rounds` rounds (config by closure), and
+"""The ServerApp: the KnowledgeTransfer (or FedAvg) strategy run for `num_rounds` rounds (config by closure), and
 `run_and_record`, which runs it (in the simulation or on a SuperLink) and keeps the run directory."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 from fedkt.config import get
 from fedkt.plots import write_run_figures
 from fedkt.results import RunRecorder
-from fedkt.strategy import KnowledgeTransfer
+from fedkt.tracking import TensorBoardLog
+from fedkt.fedavg import make_strategy
 
 log = logging.getLogger("fedkt")
 
@@ -24,7 +25,7 @@ def make_server_app(cfg: dict, num_classes: int, on_round=None, holder: dict | N
     builds is put in holder["strategy"] for the caller."""
 
     def server_fn(context: Context) -> ServerAppComponents:
-        strategy = KnowledgeTransfer(cfg, num_classes=num_classes, on_round=on_round)
+        strategy = make_strategy(cfg, num_classes=num_classes, on_round=on_round)
         if state is not None:
             strategy.load_state_dict(state)
         if holder is not None:
@@ -42,6 +43,7 @@ def run_and_record(cfg: dict, run_dir: Path, num_classes: int, recorder: RunReco
     round write the records and the checkpoint; at the end (or on failure) the summary and the figures."""
     holder: dict = {}
     n = int(cfg["num_clients"])
+    board = TensorBoardLog(run_dir) if get(cfg, "logging.tensorboard") else None
 
     def on_round(record, rows, c):
         answered = {row["partition_id"] for row in rows if "test_acc" in row}
@@ -53,6 +55,8 @@ def run_and_record(cfg: dict, run_dir: Path, num_classes: int, recorder: RunReco
             log.warning("round %d: no test result from client(s) %s: lost, failed, or past round_timeout=%s s; "
                         "the round went on without them", record["round"], names, get(cfg, "round_timeout"))
         recorder(record, rows, c)
+        if board is not None:
+            board(record, rows, c)
         recorder.save_checkpoint(holder["strategy"].state_dict())
 
     server_app = make_server_app(cfg, num_classes=num_classes, on_round=on_round, holder=holder, state=state)
@@ -63,6 +67,9 @@ def run_and_record(cfg: dict, run_dir: Path, num_classes: int, recorder: RunReco
             recorder.finish("failed", f"{type(error).__name__}: {error}")
             write_run_figures(run_dir)
             raise
+        finally:
+            if board is not None:
+                board.close()
     done = len(recorder.rounds) == int(cfg["num_rounds"])
     summary = recorder.finish("completed" if done else "incomplete")
     write_run_figures(run_dir)

@@ -14,7 +14,6 @@ import functools
 import json
 import logging
 import os
-import pickle
 import sys
 import warnings
 from pathlib import Path
@@ -25,20 +24,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from fedkt.config import (ConfigError, base_defaults, check_ray_resources, client_architectures, flatten, get,
-                          gpus_per_client, unflatten, validate)
+                          gpus_per_client, synthetic_data_note, unflatten, validate)
 from fedkt.data import DataError
-from fedkt.results import RunRecorder, dump_json
+from fedkt.results import RunRecorder, dump_json, read_checkpoint
 from fedkt.strategy import FederationError
 from fedkt.task import load_federation
 
 log = logging.getLogger("fedkt")
-
-
-class _DropRunSimulationDeprecation(logging.Filter):
-    """Flower warns that run_simulation is deprecated in favour of `flwr run`; this CLI is that choice."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "run_simulation` function is deprecated" not in record.getMessage()
 
 
 def configure_logging(verbose: bool) -> None:
@@ -47,8 +39,6 @@ def configure_logging(verbose: bool) -> None:
         logging.basicConfig(level=logging.WARNING, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
-    if not any(isinstance(f, _DropRunSimulationDeprecation) for f in flwr_logger.filters):
-        flwr_logger.addFilter(_DropRunSimulationDeprecation())
     # Ray hides the GPUs (CUDA_VISIBLE_DEVICES="") from actors that asked for none: a client without a GPU
     # share then runs on the CPU even with client.device=auto, instead of landing uncounted on GPU 0. Ray 2.55
     # does so by default and warns that a future version will not; this keeps it and drops the warning.
@@ -98,6 +88,8 @@ def run(cfg: dict, run_dir: str | Path) -> dict:
     configure_logging(bool(get(cfg, "logging.verbose")))
     validate(cfg)
     check_ray_resources(cfg, node_gpus(str(get(cfg, "ray.address"))))
+    if synthetic_data_note(cfg):
+        log.warning("%s", synthetic_data_note(cfg))
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = dict(cfg, run_dir=str(run_dir.resolve()))
@@ -140,9 +132,11 @@ def resume(run_dir: str | Path) -> dict:
                           "only runs with client.state_store=disk can be resumed")
     data, _ = load_federation(cfg)
     recorder = RunRecorder(run_dir, cfg)
-    state = None
-    if (run_dir / "checkpoint.pkl").exists():
-        state = recorder.restore(pickle.loads((run_dir / "checkpoint.pkl").read_bytes()))
+    try:
+        checkpoint = read_checkpoint(run_dir)
+    except ValueError as error:
+        raise ConfigError(f"resume={run_dir}: {error}") from None
+    state = None if checkpoint is None else recorder.restore(checkpoint)
     log.info("resuming %s after round %d of %d", run_dir, state["round"] if state else 0, cfg["num_rounds"])
     return _federate(cfg, run_dir, data.num_classes, recorder, state)
 

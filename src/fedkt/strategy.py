@@ -23,6 +23,7 @@ from flwr.server.strategy import Strategy
 
 from fedkt.config import client_architectures, get
 from fedkt.core import KnowledgeCoefficients, check_predictions, fedmd_consensus, soft_predictions
+from fedkt.progress import RoundProgress
 from fedkt.task import alignment_seed
 
 log = logging.getLogger("fedkt")
@@ -78,6 +79,7 @@ class KnowledgeTransfer(Strategy):
         self.cfg = cfg
         self.algorithm = get(cfg, "algorithm.name")
         self.num_clients = int(get(cfg, "num_clients"))
+        self.num_rounds = int(get(cfg, "num_rounds"))
         self.num_classes = num_classes
         self.align_size = int(get(cfg, "algorithm.align_size"))
         self.architectures = client_architectures(cfg)
@@ -89,6 +91,7 @@ class KnowledgeTransfer(Strategy):
         self.targets: dict[int, tuple[int, np.ndarray]] = {}
         self.round_offset = 0  # rounds done before a resume: Flower counts from 1 again
         self._live: set[str] = set()
+        self._gone: dict[int, str] = {}  # partition id -> its node, which Flower stopped listing
         self.history: list[dict] = []  # one summary per round
         self.client_rows: list[dict] = []  # one row per client per round
         self._round: dict = {}
@@ -103,11 +106,12 @@ class KnowledgeTransfer(Strategy):
         server_round += self.round_offset
         self._round = {"round": server_round, "start": time.time(), "bytes_down": 0}
         self._clients = {}
-        client_manager.wait_for(self.num_clients, timeout=float(get(self.cfg, "round_timeout")) or 60)
-        proxies = list(client_manager.all().values())
-        self._live = {proxy.cid for proxy in proxies}
+        self._listed(server_round, client_manager)  # a client known to be gone is not waited for
+        client_manager.wait_for(self.num_clients - len(self._gone), timeout=float(get(self.cfg, "round_timeout")) or 60)
+        proxies = self._listed(server_round, client_manager)
         if self.targets:
             self._identify(proxies)
+            self._listed(server_round, client_manager, proxies)  # a gone client back under a new node id
         collaborate = self.algorithm != "local"
         base = {
             "round": server_round,
@@ -128,7 +132,25 @@ class KnowledgeTransfer(Strategy):
                 arrays = [target.astype(wire)]
                 self._round["bytes_down"] += arrays[0].nbytes
             instructions.append((proxy, FitIns(ndarrays_to_parameters(arrays), config)))
-        return instructions
+        log.info("round %d/%d started: %d clients training", server_round, self.num_rounds, len(instructions))
+        return RoundProgress(f"round {server_round}/{self.num_rounds} training", len(instructions)).track(instructions)
+
+    def _listed(self, server_round: int, client_manager: ClientManager,
+                proxies: list[ClientProxy] | None = None) -> list[ClientProxy]:
+        """The nodes Flower lists now; notes, once each, a known client whose node it stopped listing (gone:
+        the SuperLink lists only nodes with a recent heartbeat, and a message to one it has declared
+        offline fails as 'Node Unavailable') and a gone client whose node is listed again (back)."""
+        proxies = list(client_manager.all().values()) if proxies is None else proxies
+        self._live = {proxy.cid for proxy in proxies}
+        for node, pid in self.node_to_partition.items():
+            if node in self._live and pid in self._gone:
+                del self._gone[pid]
+                log.info("round %d: client %d is back (node %s)", server_round, pid, node)
+            elif node not in self._live and pid not in self._gone:
+                self._gone[pid] = node
+                log.warning("round %d: client %d (node %s) is no longer connected (no heartbeat): later rounds "
+                            "neither send to it nor wait for it until it connects again", server_round, pid, node)
+        return proxies
 
     def _identify(self, proxies: list[ClientProxy]) -> None:
         """Ask nodes not yet seen (a resumed run, a node that joined late) for their partition id."""
@@ -136,7 +158,10 @@ class KnowledgeTransfer(Strategy):
             if proxy.cid in self.node_to_partition:
                 continue
             try:
-                res = proxy.get_properties(GetPropertiesIns({}), timeout=60, group_id=self._round["round"])
+                # as long as a round may wait: a fresh ClientApp's first message (imports, data) can take over a
+                # minute on a loaded machine, and a node that does not answer gets no target this round
+                res = proxy.get_properties(GetPropertiesIns({}), timeout=float(get(self.cfg, "round_timeout")) or 600,
+                                           group_id=self._round["round"])
                 pid = res.properties.get("partition_id")
             except Exception as error:  # an unreachable node simply gets no target this round
                 log.warning("could not ask node %s for its partition id: %s", proxy.cid, _short(error))
@@ -155,7 +180,7 @@ class KnowledgeTransfer(Strategy):
         for proxy, res in results:
             metrics = dict(res.metrics)
             pid = metrics.get("partition_id")
-            reason = self._check_identity(proxy.cid, pid)
+            reason = self._check_identity(proxy.cid, pid, claimed=self._clients)
             arrays = parameters_to_ndarrays(res.parameters)
             bytes_up += sum(a.nbytes for a in arrays)
             if reason is None and self.algorithm != "local":
@@ -184,11 +209,12 @@ class KnowledgeTransfer(Strategy):
             self._update_targets(server_round, uploads)
         return None, {"fit_failures": len(failures), "rejected": len(rejected)}
 
-    def _check_identity(self, node: str, pid) -> str | None:
-        """A partition id must be valid, claimed once per round, and the one this node had before."""
+    def _check_identity(self, node: str, pid, claimed) -> str | None:
+        """A partition id must be valid, claimed once per round (`claimed`: the ids already taken in this
+        phase), and the one this node had before."""
         if not isinstance(pid, int) or not 0 <= pid < self.num_clients:
             return f"invalid partition id {pid!r} from node {node}"
-        if pid in self._clients:
+        if pid in claimed:
             return f"partition id {pid} claimed twice in one round (again by node {node})"
         known = self.node_to_partition.get(node)
         if known is not None and known != pid:
@@ -199,16 +225,21 @@ class KnowledgeTransfer(Strategy):
         return None
 
     def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
-        ins = EvaluateIns(ndarrays_to_parameters([]), {"round": server_round + self.round_offset})
-        return [(proxy, ins) for proxy in client_manager.all().values()]
+        server_round += self.round_offset
+        ins = EvaluateIns(ndarrays_to_parameters([]), {"round": server_round})
+        instructions = [(proxy, ins) for proxy in self._listed(server_round, client_manager)]
+        return RoundProgress(f"round {server_round}/{self.num_rounds} evaluation", len(instructions)).track(instructions)
 
     def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]], failures):
         server_round += self.round_offset
+        evaluated: set[int] = set()
         for proxy, res in results:
             pid = res.metrics.get("partition_id")
-            if not isinstance(pid, int) or not 0 <= pid < self.num_clients:
-                log.warning("round %d: evaluation result with bad partition id %r ignored", server_round, pid)
+            reason = self._check_identity(proxy.cid, pid, claimed=evaluated)
+            if reason:
+                log.warning("round %d: evaluation result ignored: %s", server_round, reason)
                 continue
+            evaluated.add(pid)
             row = self._clients.setdefault(pid, {})
             row.update(test_loss=float(res.loss), test_acc=float(res.metrics["test_acc"]),
                        test_samples=int(res.num_examples))
@@ -281,6 +312,7 @@ class KnowledgeTransfer(Strategy):
             rows.append(row)
         accs = np.array([r["test_acc"] for r in rows if "test_acc" in r], dtype=float)
         losses = np.array([r["test_loss"] for r in rows if "test_loss" in r], dtype=float)
+        val_accs = np.array([r["fit_val_acc"] for r in rows if "fit_val_acc" in r], dtype=float)
         record = {k: v for k, v in self._round.items() if k != "start"}
         record.update(
             round=server_round,
@@ -289,6 +321,7 @@ class KnowledgeTransfer(Strategy):
             min_test_acc=float(accs.min()) if accs.size else float("nan"),
             max_test_acc=float(accs.max()) if accs.size else float("nan"),
             mean_test_loss=float(losses.mean()) if losses.size else float("nan"),
+            mean_val_acc=float(val_accs.mean()) if val_accs.size else float("nan"),
             eval_clients=int(accs.size), eval_failures=eval_failures,
             seconds=time.time() - self._round.get("start", time.time()))
         self.history.append(record)

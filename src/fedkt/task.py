@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedkt.data import ImageData, load_dataset, normalize
+from fedkt.data import ImageData, channel_stats, load_dataset, normalize
 from fedkt.partition import Partition, make_partition
 
 
@@ -53,13 +53,27 @@ def _load_federation(key: str) -> tuple[ImageData, Partition]:
     return data, partition
 
 
+def normalization_stats(cfg: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    return _normalization_stats(data_key(cfg))
+
+
+@functools.lru_cache(maxsize=2)
+def _normalization_stats(key: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of the pixels clients may train on: their train splits and the public set,
+    never a validation or test image."""
+    data, partition = _load_federation(key)
+    idx = np.concatenate([partition.public, *(shard.train for shard in partition.clients)])
+    return channel_stats(data.x_train[torch.as_tensor(idx, dtype=torch.long)].numpy())
+
+
 def client_data(cfg: dict, partition_id: int) -> ClientData:
     data, partition = load_federation(cfg)
     shard = partition.clients[partition_id]
+    mean, std = normalization_stats(cfg)
 
     def take(idx):
         idx = torch.as_tensor(idx, dtype=torch.long)
-        return normalize(data.x_train[idx], data.mean, data.std), data.y_train[idx]
+        return normalize(data.x_train[idx], mean, std), data.y_train[idx]
 
     return ClientData(*take(shard.train), *take(shard.val), *take(shard.test))
 
@@ -73,7 +87,7 @@ def public_data(cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
 def _public_data(key: str) -> tuple[torch.Tensor, torch.Tensor]:
     data, partition = _load_federation(key)
     idx = torch.as_tensor(partition.public, dtype=torch.long)
-    return normalize(data.x_train[idx], data.mean, data.std), data.y_train[idx]
+    return normalize(data.x_train[idx], *_normalization_stats(key)), data.y_train[idx]
 
 
 def alignment_seed(seed: int, server_round: int) -> int:

@@ -7,6 +7,7 @@ from flwr.app import RecordDict
 from flwr.common import Context
 
 import fedkt.client_app as client_app
+import fedkt.learner as learner
 from fedkt.config import ConfigError, compose, validate
 
 
@@ -22,19 +23,19 @@ def make_client(tmp_path, monkeypatch, *overrides, partition_id=1):
 def test_target_shift_distils_towards_the_clients_own_view(tmp_path, monkeypatch, target_shift):
     client = make_client(tmp_path, monkeypatch, "partition=type2", f"algorithm.target_shift={target_shift}")
     seen = []
-    real_distill = client_app.distill
+    real_distill = learner.distill
 
     def spy(model, x, targets, *args, **kwargs):
         seen.append(targets.clone())
         return real_distill(model, x, targets, *args, **kwargs)
 
-    monkeypatch.setattr(client_app, "distill", spy)
+    monkeypatch.setattr(learner, "distill", spy)
     target = np.full((64, 10), 0.1, dtype=np.float32)  # mass on every class
     client.fit([target], {"round": 2, "epochs": 1, "next_seed": 5, "target_seed": 4, "target_partition": 1})
     (sent,) = seen
-    own = np.unique(client.data.y_train.numpy())
+    own = np.unique(client.learner.data.y_train.numpy())
     assert len(own) == 2  # type 2: two classes per client
-    counts = np.bincount(client.data.y_train.numpy(), minlength=10)
+    counts = np.bincount(client.learner.data.y_train.numpy(), minlength=10)
     if target_shift == "none":
         np.testing.assert_allclose(sent.numpy(), target)
     else:
@@ -61,7 +62,7 @@ def swamped_client(tmp_path, monkeypatch, guard):
     context = client.store.context
     client.fit([], {"round": 1, "epochs": 1, "next_seed": 5, "target_seed": -1, "target_partition": -1})
     learned = client.evaluate([], {"round": 1})[2]["test_acc"]
-    own = np.unique(client.data.y_train.numpy())
+    own = np.unique(client.learner.data.y_train.numpy())
     target = np.zeros((64, 10), dtype=np.float32)
     target[:, np.setdiff1d(np.arange(10), own)[0]] = 1.0
     client = client_app.KnowledgeClient(client.cfg, context)
@@ -85,20 +86,20 @@ def test_the_validation_guard_undoes_a_distillation_that_lowers_validation_accur
 def test_the_validation_guard_keeps_a_distillation_that_does_no_harm(tmp_path, monkeypatch):
     client = make_client(tmp_path, monkeypatch, "partition=type2", "client.distill_guard=val")
     seen = []
-    real_distill = client_app.distill
+    real_distill = learner.distill
 
     def spy(model, *args, **kwargs):
         loss = real_distill(model, *args, **kwargs)
         seen.append({k: v.clone() for k, v in model.state_dict().items()})
         return loss
 
-    monkeypatch.setattr(client_app, "distill", spy)
+    monkeypatch.setattr(learner, "distill", spy)
     # validation accuracy that does not drop (patched constant): the distilled weights stay, and with no private
     # epoch after it they are the weights the round ends with
-    monkeypatch.setattr(client_app.KnowledgeClient, "_val_acc", lambda self: 0.5)
+    monkeypatch.setattr(learner.Learner, "validate", lambda self: (1.0, 0.5))
     target = np.full((64, 10), 0.1, dtype=np.float32)
     _, _, metrics = client.fit([target], {"round": 2, "epochs": 0, "next_seed": 5, "target_seed": 4,
                                           "target_partition": 1})
     assert metrics["distill_kept"] == 1
     (distilled,) = seen
-    assert all(torch.equal(client.model.state_dict()[k], v) for k, v in distilled.items())
+    assert all(torch.equal(client.learner.model.state_dict()[k], v) for k, v in distilled.items())

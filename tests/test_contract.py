@@ -20,6 +20,7 @@ from flwr.server.client_manager import SimpleClientManager
 from test_strategy import FakeProxy
 
 import fedkt.client_app as client_app
+import fedkt.learner as learner
 from fedkt.config import compose
 from fedkt.data import normalize
 from fedkt.strategy import KnowledgeTransfer
@@ -50,15 +51,15 @@ class Federation:
         self.uploads: dict[int, dict[int, np.ndarray]] = {}  # round -> pid -> what the client sent
 
     def spy(self, monkeypatch, kind, name):
-        """Replace client_app.<name> by a wrapper that records (args, kwargs, client) before calling it."""
-        real = getattr(client_app, name)
+        """Replace fedkt.learner.<name> by a wrapper that records (args, kwargs, client) before calling it."""
+        real = getattr(learner, name)
 
         def wrapper(*args, **kwargs):
             rnd, pid, client = self.current
             self.seen.setdefault((kind, rnd, pid), []).append((args, kwargs, client))
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(client_app, name, wrapper)
+        monkeypatch.setattr(learner, name, wrapper)
 
     def client(self, pid):
         return client_app.KnowledgeClient(self.cfg, self.contexts[pid])
@@ -169,9 +170,9 @@ def test_private_training_sees_only_the_train_split_validation_steers_and_evalua
 # -- 4: state between rounds ---------------------------------------------------------------------------
 
 def snapshot(client):
-    return {"model": copy.deepcopy(client.model.state_dict()),
-            "optimizer": copy.deepcopy(client.optimizer.state_dict()),
-            "policy": dict(client.policy.state_dict())}
+    return {"model": copy.deepcopy(client.learner.model.state_dict()),
+            "optimizer": copy.deepcopy(client.learner.optimizer.state_dict()),
+            "policy": dict(client.learner.policy.state_dict())}
 
 
 def assert_same_state(now, before):
@@ -192,23 +193,24 @@ def test_each_fit_starts_where_the_last_one_ended_and_warms_up_once(tmp_path, mo
                      "client.lr_policy=cosine", "num_rounds=3")
     fed.spy(monkeypatch, "train", "train_epochs")
     ended, started = {}, {}
-    real_save = client_app.KnowledgeClient._save
+    real_state_bytes = learner.Learner.state_bytes
 
-    def save_spy(client, server_round):  # the state a round ends with, as it is handed to the store
-        ended[(server_round, client.partition_id)] = snapshot(client)
-        return real_save(client, server_round)
+    def save_spy(self):  # the state a round ends with, as it is handed to the store
+        rnd, pid, client = fed.current
+        ended[(rnd, pid)] = snapshot(client)
+        return real_state_bytes(self)
 
     def first_step_spy(name):  # the state the first step of a round sees
-        real = getattr(client_app, name)
+        real = getattr(learner, name)
 
         def spy(*args, **kwargs):
             rnd, pid, client = fed.current
             started.setdefault((rnd, pid), snapshot(client))
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(client_app, name, spy)
+        monkeypatch.setattr(learner, name, spy)
 
-    monkeypatch.setattr(client_app.KnowledgeClient, "_save", save_spy)
+    monkeypatch.setattr(learner.Learner, "state_bytes", save_spy)
     first_step_spy("distill")
     first_step_spy("train_epochs")
     for rnd in (1, 2, 3):
@@ -229,14 +231,14 @@ def test_the_distillation_rate_follows_the_learning_rate_policy_unless_fixed(tmp
     fed = Federation(tmp_path, monkeypatch, "algorithm=ktpfl", "client.lr_policy=cosine", "num_rounds=3",
                      "algorithm.distill_lr=0.04", f"algorithm.distill_lr_policy={policy}")
     rates = {}  # (round, pid) -> (distillation rate, private rate) as the distillation starts
-    real_distill = client_app.distill
+    real_distill = learner.distill
 
     def distill_spy(model, x, targets, optimizer, *args, **kwargs):
         rnd, pid, client = fed.current
-        rates[(rnd, pid)] = (optimizer.param_groups[0]["lr"], client.optimizer.param_groups[0]["lr"])
+        rates[(rnd, pid)] = (optimizer.param_groups[0]["lr"], client.learner.optimizer.param_groups[0]["lr"])
         return real_distill(model, x, targets, optimizer, *args, **kwargs)
 
-    monkeypatch.setattr(client_app, "distill", distill_spy)
+    monkeypatch.setattr(learner, "distill", distill_spy)
     for rnd in (1, 2, 3):
         fed.fit_round(rnd)
     for rnd in (2, 3):

@@ -1,0 +1,174 @@
+"""The client's side of every algorithm, in plain torch: one client's model, data and state, and the steps of a
+round. No Flower here: the Flower client (fedkt.client_app), the GPU check and the benchmarks' bare loop all
+drive a `Learner`.
+
+A round (`fit_round`), in this order:
+1. the first round only: warm up (labelled public epochs if client.warmup_public_epochs, then private epochs);
+2. FedAvg: start from the global model with a fresh momentum; KT-pFL / FedMD: distil on the alignment subset of
+   `target_seed` towards the target sent (client.distill_guard=val undoes a distillation that lowered the
+   validation accuracy);
+3. train on the private train split for `epochs` epochs;
+4. evaluate on the validation split, and step the learning-rate policy with that accuracy;
+5. upload: FedAvg the model's arrays; KT-pFL / FedMD the predictions on the alignment subset of `next_seed`.
+
+Every random draw comes from `round_seed(seed, partition id, round)`; the model is built after
+torch.manual_seed(seed * 10000 + partition id), so the same config gives the same figures on CPU. `state_bytes()`
+holds the model, optimizer and policy state and the rounds done; a Learner built with those bytes goes on exactly
+where the last one stopped (ClientApps are short-lived).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fedkt.config import client_architectures, get
+from fedkt.core import shift_targets, soft_predictions
+from fedkt.models import build_model, load_model_arrays, model_arrays
+from fedkt.task import alignment_indices, client_data, load_federation, public_data
+from fedkt.train import (LRPolicy, distill, make_optimizer, pick_device, predict_logits, set_threads,
+                         state_from_bytes, state_to_bytes, train_epochs)
+from fedkt.train import evaluate as evaluate_model
+
+
+def round_seed(seed: int, partition_id: int, server_round: int) -> int:
+    """The seed of one client's random draws in one round (batch order, augmentation, dropout)."""
+    return int(seed) * 1_000_003 + partition_id * 1_009 + server_round
+
+
+class Learner:
+    """One client's model, optimizer, learning-rate policy and data; `saved` is what state_bytes() returned at
+    the end of its last round (None: a fresh model)."""
+
+    def __init__(self, cfg: dict, partition_id: int, saved: bytes | None = None):
+        c = cfg["client"]
+        self.cfg = cfg
+        self.partition_id = partition_id
+        self.architecture = client_architectures(cfg)[partition_id]
+        self.device = pick_device(c["device"])
+        set_threads(int(c["num_cpus"]))
+        self.data = client_data(cfg, partition_id)
+        torch.manual_seed(int(cfg["seed"]) * 10_000 + partition_id)
+        self.model = build_model(self.architecture, num_classes=load_federation(cfg)[0].num_classes,
+                                 in_channels=self.data.x_train.shape[1], norm=get(cfg, "model.norm"),
+                                 stem=get(cfg, "model.stem")).to(self.device)
+        self.optimizer = make_optimizer(self.model, float(c["lr"]), momentum=float(c["momentum"]),
+                                        weight_decay=float(c["weight_decay"]))
+        self.policy = LRPolicy(self.optimizer, policy=c["lr_policy"], base_lr=float(c["lr"]),
+                               patience=int(c["lr_patience"]), factor=float(c["lr_factor"]),
+                               total_steps=int(cfg["num_rounds"]))
+        self.rounds_done = 0
+        if saved is not None:
+            extra = state_from_bytes(saved, self.model, self.optimizer)
+            self.policy.load_state_dict(extra["policy"])
+            self.rounds_done = int(extra["rounds_done"])
+
+    @property
+    def num_train(self) -> int:
+        return len(self.data.y_train)
+
+    def state_bytes(self) -> bytes:
+        return state_to_bytes(self.model, self.optimizer,
+                              extra={"policy": self.policy.state_dict(), "rounds_done": self.rounds_done})
+
+    # -- a round ----------------------------------------------------------------------------------------
+
+    def fit_round(self, server_round: int, epochs: int, target: np.ndarray | None = None, target_seed: int = -1,
+                  next_seed: int = -1, global_arrays: list[np.ndarray] | None = None) -> tuple[list[np.ndarray], dict]:
+        """Steps 1-5 above; returns (uploads, metrics)."""
+        seed = round_seed(self.cfg["seed"], self.partition_id, server_round)
+        metrics: dict = {}
+        if global_arrays is not None:  # FedAvg: start from the global model, with a fresh momentum
+            load_model_arrays(self.model, global_arrays)
+            self.optimizer.state.clear()
+        if self.rounds_done == 0:
+            self.warm_up(seed)
+        if target is not None:
+            metrics.update(self.distil(target, target_seed, seed))
+        train = self.train(epochs, seed)
+        val_loss, val_acc = self.validate()
+        metrics.update(train_loss=float(train["loss"]), train_acc=float(train["acc"]), val_loss=float(val_loss),
+                       val_acc=float(val_acc), lr=float(self.policy.lr))
+        self.policy.step(val_acc)
+        uploads = []
+        if global_arrays is not None:
+            uploads = model_arrays(self.model)
+        elif next_seed >= 0:
+            uploads = [self.predict(next_seed)]
+        self.rounds_done = server_round
+        return uploads, metrics
+
+    # -- the steps --------------------------------------------------------------------------------------
+
+    def warm_up(self, seed: int) -> None:
+        """Before the first upload: transfer learning on the labelled public set, then private epochs."""
+        c = self.cfg["client"]
+        if int(c["warmup_public_epochs"]) > 0:
+            x_public, y_public = public_data(self.cfg)
+            train_epochs(self.model, x_public, y_public, self.optimizer, epochs=int(c["warmup_public_epochs"]),
+                         batch_size=int(c["batch_size"]), device=self.device, augment=bool(c["augment"]), seed=seed)
+        if int(c["warmup_epochs"]) > 0:
+            self.train(int(c["warmup_epochs"]), seed + 1)
+
+    def distil(self, target: np.ndarray, target_seed: int, seed: int) -> dict:
+        """Distil on the alignment subset of target_seed towards `target`; with client.distill_guard=val, undo it
+        when it lowered the validation accuracy (the private optimizer is not touched by distillation)."""
+        guard = self.cfg["client"]["distill_guard"] == "val"
+        if guard:
+            weights = {name: value.detach().clone() for name, value in self.model.state_dict().items()}
+            val_before = self.validate()[1]
+        metrics = {"distill_loss": self._distil(target, target_seed, seed), "distill_lr": self.distill_lr()}
+        if guard:
+            metrics["distill_kept"] = int(not self.validate()[1] < val_before)
+            if not metrics["distill_kept"]:
+                self.model.load_state_dict(weights)
+        return metrics
+
+    def _distil(self, target: np.ndarray, target_seed: int, seed: int) -> float:
+        c, algo = self.cfg["client"], self.cfg["algorithm"]
+        x_public, _ = public_data(self.cfg)
+        idx = alignment_indices(len(x_public), int(algo["align_size"]), target_seed)
+        optimizer = make_optimizer(self.model, self.distill_lr(), momentum=float(c["momentum"]),
+                                   weight_decay=float(c["weight_decay"]))
+        target = np.asarray(target, dtype=np.float32)
+        if algo["target_shift"] != "none":
+            counts = np.bincount(self.data.y_train.numpy(), minlength=target.shape[1])
+            target = shift_targets(target, counts, algo["target_shift"])
+        return float(distill(self.model, x_public[idx], torch.from_numpy(target),
+                             optimizer, epochs=int(algo["distill_epochs"]),
+                             batch_size=int(algo["distill_batch_size"]), temperature=float(algo["temperature"]),
+                             loss=algo["distill_loss"], device=self.device, seed=seed))
+
+    def distill_lr(self) -> float:
+        """algorithm.distill_lr, scaled by the factor client.lr_policy has applied to the private rate so far
+        (distill_lr_policy=follow), or as it is (fixed)."""
+        base = float(self.cfg["algorithm"]["distill_lr"])
+        if self.cfg["algorithm"]["distill_lr_policy"] == "fixed":
+            return base
+        return base * self.policy.lr / self.policy.base_lr
+
+    def train(self, epochs: int, seed: int) -> dict:
+        c = self.cfg["client"]
+        return train_epochs(self.model, self.data.x_train, self.data.y_train, self.optimizer, epochs=epochs,
+                            batch_size=int(c["batch_size"]), device=self.device, augment=bool(c["augment"]), seed=seed)
+
+    def validate(self) -> tuple[float, float]:
+        return evaluate_model(self.model, self.data.x_val, self.data.y_val,
+                              batch_size=int(self.cfg["client"]["eval_batch_size"]), device=self.device)
+
+    def predict(self, align_seed: int) -> np.ndarray:
+        """What goes on the wire: logits (or probabilities at the temperature) on the subset of align_seed."""
+        algo = self.cfg["algorithm"]
+        x_public, _ = public_data(self.cfg)
+        idx = alignment_indices(len(x_public), int(algo["align_size"]), align_seed)
+        logits = predict_logits(self.model, x_public[idx], batch_size=int(self.cfg["client"]["eval_batch_size"]),
+                                device=self.device)
+        values = logits if algo["upload"] == "logits" else soft_predictions(logits, float(algo["temperature"]))
+        return np.asarray(values, dtype=np.float16 if algo["wire_dtype"] == "float16" else np.float32)
+
+    def test(self, global_arrays: list[np.ndarray] | None = None) -> tuple[float, float]:
+        """(loss, accuracy) on the client's own test split; FedAvg: of the global model."""
+        if global_arrays is not None:
+            load_model_arrays(self.model, global_arrays)
+        return evaluate_model(self.model, self.data.x_test, self.data.y_test,
+                              batch_size=int(self.cfg["client"]["eval_batch_size"]), device=self.device)

@@ -1,6 +1,6 @@
 """Orchestration overhead: the same KT-pFL experiment through Flower's Ray simulation and through a bare
-in-process loop that calls the same client code (KnowledgeClient.fit / evaluate) and the same server math
-(fedkt.core) in sequence, with no Flower runtime and no Ray. Both run in this one invocation.
+in-process loop that calls the same algorithm layer (fedkt.learner.Learner for every client,
+fedkt.aggregation.KnowledgeServer for the server) in sequence, with no Flower at all and no Ray. Both run in this one invocation.
 
     python bench/bench_overhead.py --data ../shared/data/cifar10-jpeg.tar.gz --rounds 3
 
@@ -19,41 +19,38 @@ import tempfile
 import time
 
 import numpy as np
-from flwr.app import RecordDict
-from flwr.common import Context
 
-from fedkt.client_app import KnowledgeClient
+from fedkt.aggregation import KnowledgeServer, local_epochs
 from fedkt.config import compose
-from fedkt.core import soft_predictions
+from fedkt.learner import Learner
 from fedkt.sim import run
-from fedkt.strategy import local_epochs, make_coefficients
-from fedkt.task import alignment_seed, load_federation
+from fedkt.task import load_federation
 from fedkt.train import set_threads
 
 
 def bare_loop(cfg: dict) -> tuple[list[float], float, list[float]]:
-    """Rounds of KT-pFL with every client in this process, one after another (all cores to torch)."""
+    """Rounds of the configured algorithm with every client in this process, one after another (all cores to
+    torch); each client's state passes between rounds as bytes, as between short-lived ClientApps."""
     set_threads()
     start = time.time()
     n = int(cfg["num_clients"])
-    clients = [KnowledgeClient(cfg, Context(run_id=0, node_id=pid, node_config={"partition-id": pid},
-                                            state=RecordDict(), run_config={})) for pid in range(n)]
-    coefficients = make_coefficients(cfg)
-    targets: dict[int, np.ndarray] = {}
+    server = KnowledgeServer(cfg, num_classes=load_federation(cfg)[0].num_classes)
+    states: dict[int, bytes] = {}
     seconds, accs = [], []
     for rnd in range(1, int(cfg["num_rounds"]) + 1):
         t0 = time.time()
-        uploads = []
-        for pid, client in enumerate(clients):
-            config = {"round": rnd, "epochs": local_epochs(cfg, rnd), "next_seed": alignment_seed(cfg["seed"], rnd),
-                      "target_seed": alignment_seed(cfg["seed"], rnd - 1) if targets else -1,
-                      "target_partition": pid if targets else -1}
-            arrays, _, _ = client.fit([targets[pid]] if targets else [], config)
-            uploads.append(arrays[0])
-        probs = soft_predictions(np.stack(uploads).astype(np.float32), float(cfg["algorithm"]["temperature"]))
-        coefficients.update(probs)
-        targets = dict(enumerate(np.asarray(coefficients.targets(probs), dtype=np.float32)))
-        accs.append(np.mean([client.evaluate([], {"round": rnd})[2]["test_acc"] for client in clients]))
+        uploads = {}
+        for pid in range(n):
+            learner = Learner(cfg, pid, states.get(pid))
+            target_seed, target = server.target_for(pid) or (-1, None)
+            arrays, _ = learner.fit_round(rnd, local_epochs(cfg, rnd), target=target, target_seed=target_seed,
+                                          next_seed=server.next_seed(rnd))
+            states[pid] = learner.state_bytes()
+            if arrays:
+                uploads[pid] = arrays[0].astype(np.float32)
+        if uploads:
+            server.update(rnd, uploads)
+        accs.append(np.mean([Learner(cfg, pid, states[pid]).test()[1] for pid in range(n)]))
         seconds.append(time.time() - t0)
     return seconds, time.time() - start, accs
 

@@ -36,12 +36,14 @@ import numpy as np
 import torch
 import yaml
 
+from fedkt.aggregation import KnowledgeServer, local_epochs
 from fedkt.config import client_architectures, validate
 from fedkt.core import KnowledgeCoefficients, check_predictions, soft_predictions
+from fedkt.learner import Learner
 from fedkt.models import build_model
 from fedkt.task import alignment_indices, alignment_seed, client_data, load_federation, public_data
-from fedkt.train import (distill, evaluate, make_optimizer, pick_device, predict_logits, set_threads,
-                         state_from_bytes, state_to_bytes, train_epochs)
+from fedkt.train import (evaluate, make_optimizer, pick_device, predict_logits, set_threads, state_from_bytes,
+                         train_epochs)
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -106,49 +108,29 @@ def _init_worker(cfg: dict) -> None:
 
 
 def client_round(job: tuple) -> dict:
-    """What a client does in a round: restore its state, warm up (first round), distil towards its target,
-    train, evaluate, predict on the round's alignment subset, save its state. Records where everything ran."""
+    """What a client does in a round (fedkt.learner.Learner.fit_round, the Flower client's own code): restore its
+    state, warm up (first round), distil towards its target, train, evaluate, predict on the round's alignment
+    subset, save its state. Records where everything ran."""
     pid, rnd, target, target_seed, next_seed = job
-    cfg, c, algo = _CFG, _CFG["client"], _CFG["algorithm"]
+    cfg = _CFG
     start = time.perf_counter()
-    device = pick_device(c["device"])
+    device = pick_device(cfg["client"]["device"])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    data = client_data(cfg, pid)
-    x_public, y_public = public_data(cfg)
-    arch = client_architectures(cfg)[pid]
-    torch.manual_seed(int(cfg["seed"]) * 10_000 + pid)
-    model = build_model(arch, num_classes=load_federation(cfg)[0].num_classes, in_channels=data.x_train.shape[1],
-                        norm=cfg["model"]["norm"], stem=cfg["model"]["stem"]).to(device)
-    optimizer = make_optimizer(model, float(c["lr"]), momentum=float(c["momentum"]),
-                               weight_decay=float(c["weight_decay"]))
     state_file = Path(cfg["run_dir"]) / f"client_{pid:04d}.pt"
-    if state_file.exists():
-        state_from_bytes(state_file.read_bytes(), model, optimizer)
+    learner = Learner(cfg, pid, state_file.read_bytes() if state_file.exists() else None)
     seen = set()
-    hook = model.register_forward_pre_hook(lambda module, inputs: seen.add(str(inputs[0].device)))
-    seed = int(cfg["seed"]) * 1_000_003 + pid * 1_009 + rnd
-    steps = dict(batch_size=int(c["batch_size"]), device=device, augment=bool(c["augment"]))
-    if rnd == 1:
-        train_epochs(model, data.x_train, data.y_train, optimizer, epochs=int(c["warmup_epochs"]), seed=seed + 1,
-                     **steps)
-    if target is not None:
-        idx = alignment_indices(len(x_public), int(algo["align_size"]), target_seed)
-        distill(model, x_public[idx], torch.from_numpy(target), make_optimizer(model, float(algo["distill_lr"])),
-                epochs=int(algo["distill_epochs"]), batch_size=int(algo["distill_batch_size"]),
-                temperature=float(algo["temperature"]), device=device, seed=seed)
-    train = train_epochs(model, data.x_train, data.y_train, optimizer, epochs=int(c["local_epochs"]), seed=seed,
-                         **steps)
-    _, val_acc = evaluate(model, data.x_val, data.y_val, batch_size=int(c["eval_batch_size"]), device=device)
-    idx = alignment_indices(len(x_public), int(algo["align_size"]), next_seed)
-    probs = soft_predictions(predict_logits(model, x_public[idx], batch_size=int(c["eval_batch_size"]),
-                                            device=device), float(algo["temperature"])).numpy()
+    hook = learner.model.register_forward_pre_hook(lambda module, inputs: seen.add(str(inputs[0].device)))
+    uploads, metrics = learner.fit_round(rnd, local_epochs(cfg, rnd), target=target, target_seed=target_seed,
+                                         next_seed=next_seed)
     hook.remove()
     state_file.parent.mkdir(parents=True, exist_ok=True)
-    state_file.write_bytes(state_to_bytes(model, optimizer))
-    placed = {t.device.type for t in [*model.parameters(), *model.buffers()]}
-    placed |= {v.device.type for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)}
-    return {"pid": pid, "arch": arch, "probs": probs, "train_loss": train["loss"], "val_acc": val_acc,
+    state_file.write_bytes(learner.state_bytes())
+    placed = {t.device.type for t in [*learner.model.parameters(), *learner.model.buffers()]}
+    placed |= {v.device.type for s in learner.optimizer.state.values() for v in s.values() if torch.is_tensor(v)}
+    probs = np.asarray(soft_predictions(uploads[0].astype(np.float32), float(cfg["algorithm"]["temperature"])))
+    return {"pid": pid, "arch": learner.architecture, "upload": uploads[0], "probs": probs,
+            "train_loss": metrics["train_loss"], "val_acc": metrics["val_acc"],
             "seconds": time.perf_counter() - start, "placed": sorted(placed), "inputs": sorted(seen),
             "peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0,
             "peak_reserved_bytes": torch.cuda.max_memory_reserved(device) if device.type == "cuda" else 0,
@@ -159,30 +141,28 @@ def client_round(job: tuple) -> dict:
 
 def run_rounds(cfg: dict, workers: int) -> tuple[list[dict], list[dict]]:
     n, rounds = int(cfg["num_clients"]), int(cfg["num_rounds"])
-    coefficients = KnowledgeCoefficients(n, rho=float(cfg["algorithm"]["rho"]), objective=cfg["algorithm"]["objective"],
-                                         steps=int(cfg["algorithm"]["coef_steps"]),
-                                         normalize=cfg["algorithm"]["normalize"], tau=float(cfg["algorithm"]["tau"]))
-    targets: dict[int, tuple[np.ndarray, int]] = {}
+    server = KnowledgeServer(cfg, num_classes=load_federation(cfg)[0].num_classes)  # the strategy's own server side
     history, last = [], []
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked processes
     with context.Pool(workers, initializer=_init_worker, initargs=(cfg,)) as pool:
         for rnd in range(1, rounds + 1):
             start = time.perf_counter()
-            next_seed = alignment_seed(cfg["seed"], rnd)
-            jobs = [(pid, rnd, *targets.get(pid, (None, -1)), next_seed) for pid in range(n)]
+            jobs = []
+            for pid in range(n):
+                target_seed, target = server.target_for(pid) or (-1, None)
+                jobs.append((pid, rnd, target, target_seed, server.next_seed(rnd)))
             results = pool.map(client_round, jobs, chunksize=1)
-            probs = np.stack([r["probs"] for r in results])
             for r in results:
-                why = check_predictions(r["probs"], int(cfg["algorithm"]["align_size"]), probs.shape[2], "probs")
+                why = server.check_upload([r["upload"]])
+                check(why is None, f"client {r['pid']} ({r['arch']}) uploaded bad predictions: {why}")
+                why = check_predictions(r["probs"], int(cfg["algorithm"]["align_size"]), r["probs"].shape[1], "probs")
                 check(why is None, f"client {r['pid']} ({r['arch']}) uploaded bad predictions: {why}")
                 check(r["placed"] == [r["device"].split(":")[0]],
                       f"client {r['pid']} ({r['arch']}): parameters/buffers/optimizer state on {r['placed']}")
                 check(r["inputs"] and all(d.split(":")[0] == r["device"].split(":")[0] for d in r["inputs"]),
                       f"client {r['pid']} ({r['arch']}): forward passes got inputs on {r['inputs']}")
             server_start = time.perf_counter()
-            coefficients.update(probs)
-            new_targets = coefficients.targets(probs)
-            targets = {pid: (np.asarray(new_targets[pid], dtype=np.float32), next_seed) for pid in range(n)}
+            server.update(rnd, {r["pid"]: r["upload"].astype(np.float32) for r in results})
             history.append({"round": rnd, "seconds": time.perf_counter() - start,
                             "server_seconds": time.perf_counter() - server_start,
                             "client_seconds_sum": sum(r["seconds"] for r in results),
@@ -223,7 +203,7 @@ def one_client_twice(cfg: dict, pid: int, device: str) -> dict:
     cfg = dict(cfg, client=dict(cfg["client"], device=device),
                run_dir=tempfile.mkdtemp(prefix="fedkt-gpu-check-one-"))
     _init_worker(cfg)
-    return client_round((pid, 1, None, -1, alignment_seed(cfg["seed"], 1)))
+    return client_round((pid, 1, None, -1, KnowledgeServer(cfg, 10).next_seed(1)))
 
 
 def shard_placement_timing(cfg: dict, pid: int, device: str) -> dict:

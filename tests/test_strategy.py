@@ -6,9 +6,10 @@ from flwr.common import Code, EvaluateRes, FitRes, GetPropertiesRes, Status, nda
 from flwr.server.client_manager import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 
+from fedkt.aggregation import kl_round_seconds, local_epochs, make_coefficients
 from fedkt.config import compose
 from fedkt.core import soft_predictions
-from fedkt.strategy import KnowledgeTransfer, kl_round_seconds, local_epochs, make_coefficients
+from fedkt.strategy import KnowledgeTransfer
 
 N, M, C = 4, 16, 5
 

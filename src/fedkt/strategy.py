@@ -1,10 +1,10 @@
-"""The server side: a Flower Strategy that turns clients' predictions into per-client targets.
+"""The server side's Flower adapter: a Strategy that moves the clients' predictions and targets.
 
 Each round r every client distils towards the target it was sent (computed on round r-1's alignment
 subset), trains on its shard and uploads its predictions on round r's alignment subset. The strategy
-validates the uploads, maps them to partition ids (node ids are random), and builds the next targets:
-KT-pFL through the trained coefficient matrix c (each client its own row), FedMD one consensus for all,
-`local` nothing. The math lives in fedkt.core; this class only moves arrays and records what happened.
+maps uploads to partition ids (node ids are random), checks who sent them, and hands the accepted ones
+to the algorithm's server side (fedkt.aggregation.KnowledgeServer: KT-pFL's c, FedMD's consensus, or
+nothing for `local`); it records what happened and keeps the rounds going when clients fail or leave.
 """
 
 from __future__ import annotations
@@ -21,51 +21,15 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
+from fedkt.aggregation import KnowledgeServer, local_epochs
 from fedkt.config import client_architectures, get
-from fedkt.core import KnowledgeCoefficients, check_predictions, fedmd_consensus, soft_predictions
 from fedkt.progress import RoundProgress
-from fedkt.task import alignment_seed
 
 log = logging.getLogger("fedkt")
 
 
 class FederationError(RuntimeError):
     """A round that cannot go on (too few valid client updates)."""
-
-
-def local_epochs(cfg: dict, server_round: int) -> int:
-    """Private epochs in round r: fixed, or ramped linearly from client.local_epochs up to
-    client.max_local_epochs over the rounds (as the KT-pFL code does)."""
-    first, last = int(get(cfg, "client.local_epochs")), int(get(cfg, "client.max_local_epochs"))
-    rounds = int(get(cfg, "num_rounds"))
-    if last <= first or rounds == 1:
-        return first
-    return int(round(first + (last - first) * (server_round - 1) / (rounds - 1)))
-
-
-# Seconds one KL gradient step on c takes for N = 1000 clients and M = 5000 public samples on a 2-core
-# CPU (bench/bench_server.py, docs/RESULTS.md); the step grows as N^2 * M.
-KL_STEP_SECONDS_N1000 = 2.2
-
-
-def kl_round_seconds(num_clients: int, align_size: int, steps: int) -> float:
-    """Rough CPU seconds the KL update of c takes per round (for the large-N warning)."""
-    return KL_STEP_SECONDS_N1000 * (num_clients / 1000) ** 2 * (align_size / 5000) * steps
-
-
-def make_coefficients(cfg: dict) -> KnowledgeCoefficients:
-    algo = cfg["algorithm"]
-    if algo["objective"] == "kl":
-        estimate = kl_round_seconds(int(cfg["num_clients"]), int(algo["align_size"]), int(algo["coef_steps"]))
-        if estimate > 10:
-            log.warning("KT-pFL with %s clients: the KL update of c (%s steps on %s samples) takes about %.0f s "
-                        "a round on a 2-core CPU; algorithm.objective=mse algorithm.coef_steps=1 takes about "
-                        "1 s at 1000 clients (docs/RESULTS.md, server cost)", cfg["num_clients"],
-                        algo["coef_steps"], algo["align_size"], estimate)
-    return KnowledgeCoefficients(
-        int(cfg["num_clients"]), rho=float(algo["rho"]), objective=algo["objective"],
-        step_size=float(algo["coef_step"]) or None, steps=int(algo["coef_steps"]),
-        normalize=algo["normalize"], tau=float(algo["tau"]), weighting=algo["weighting"], topk=int(algo["topk"]))
 
 
 class KnowledgeTransfer(Strategy):
@@ -80,15 +44,11 @@ class KnowledgeTransfer(Strategy):
         self.algorithm = get(cfg, "algorithm.name")
         self.num_clients = int(get(cfg, "num_clients"))
         self.num_rounds = int(get(cfg, "num_rounds"))
-        self.num_classes = num_classes
-        self.align_size = int(get(cfg, "algorithm.align_size"))
         self.architectures = client_architectures(cfg)
-        self.coefficients = make_coefficients(cfg) if self.algorithm == "ktpfl" else None
+        self.server = KnowledgeServer(cfg, num_classes)  # the algorithm's side: c, targets, upload checks
         self.on_round = on_round
         self.min_fit_clients = math.ceil(float(get(cfg, "min_fit_fraction")) * self.num_clients)
         self.node_to_partition: dict[str, int] = {}
-        # partition id -> (r, target on round r's alignment subset); an absent client keeps its last one
-        self.targets: dict[int, tuple[int, np.ndarray]] = {}
         self.round_offset = 0  # rounds done before a resume: Flower counts from 1 again
         self._live: set[str] = set()
         self._gone: dict[int, str] = {}  # partition id -> its node, which Flower stopped listing
@@ -96,6 +56,16 @@ class KnowledgeTransfer(Strategy):
         self.client_rows: list[dict] = []  # one row per client per round
         self._round: dict = {}
         self._clients: dict[int, dict] = {}
+
+    @property
+    def coefficients(self):
+        """KT-pFL's coefficient matrix (fedkt.core.KnowledgeCoefficients), None for the other algorithms."""
+        return self.server.coefficients
+
+    @property
+    def targets(self) -> dict:
+        """Partition id -> (the round whose alignment subset it was computed on, the target)."""
+        return self.server.targets
 
     # -- Flower hooks ------------------------------------------------------------------------------
 
@@ -112,11 +82,10 @@ class KnowledgeTransfer(Strategy):
         if self.targets:
             self._identify(proxies)
             self._listed(server_round, client_manager, proxies)  # a gone client back under a new node id
-        collaborate = self.algorithm != "local"
         base = {
             "round": server_round,
             "epochs": local_epochs(self.cfg, server_round),
-            "next_seed": alignment_seed(self.cfg["seed"], server_round) if collaborate else -1,
+            "next_seed": self.server.next_seed(server_round),
             "target_seed": -1,
             "target_partition": -1,
         }
@@ -125,9 +94,9 @@ class KnowledgeTransfer(Strategy):
         for proxy in proxies:
             config, arrays = dict(base), []
             pid = self.node_to_partition.get(proxy.cid)
-            if pid is not None and pid in self.targets:
-                target_round, target = self.targets[pid]
-                config["target_seed"] = alignment_seed(self.cfg["seed"], target_round)
+            sent = None if pid is None else self.server.target_for(pid)
+            if sent is not None:
+                config["target_seed"], target = sent
                 config["target_partition"] = pid
                 arrays = [target.astype(wire)]
                 self._round["bytes_down"] += arrays[0].nbytes
@@ -251,35 +220,13 @@ class KnowledgeTransfer(Strategy):
     def evaluate(self, server_round: int, parameters: Parameters):
         return None  # no global model to evaluate centrally
 
-    # -- the algorithm -----------------------------------------------------------------------------
+    # -- the algorithm (fedkt.aggregation; FedAvg overrides these two) -----------------------------
 
     def _check_upload(self, arrays: list[np.ndarray]) -> str | None:
-        if len(arrays) != 1:
-            return f"expected one array of predictions, got {len(arrays)}"
-        kind = get(self.cfg, "algorithm.upload")
-        return check_predictions(arrays[0], self.align_size, self.num_classes, kind=kind)
+        return self.server.check_upload(arrays)
 
     def _update_targets(self, server_round: int, uploads: dict[int, np.ndarray]) -> None:
-        present = np.zeros(self.num_clients, dtype=bool)
-        present[list(uploads)] = True
-        values = np.zeros((self.num_clients, self.align_size, self.num_classes), dtype=np.float32)
-        for pid, array in uploads.items():
-            values[pid] = array
-        temperature = float(get(self.cfg, "algorithm.temperature"))
-        if get(self.cfg, "algorithm.upload") == "logits":
-            probs = np.asarray(soft_predictions(values, temperature), dtype=np.float32)
-        else:
-            probs = values
-        if self.algorithm == "ktpfl":
-            self.coefficients.update(probs, present)
-            targets = self.coefficients.targets(probs, present)
-            for pid in uploads:  # absent clients keep their last target (and its alignment subset)
-                self.targets[pid] = (server_round, np.asarray(targets[pid], dtype=np.float32))
-        else:  # fedmd: one consensus for everyone
-            mode = get(self.cfg, "algorithm.consensus")
-            consensus = fedmd_consensus(values if mode == "logits" else probs, present, mode=mode)
-            consensus = np.asarray(consensus, dtype=np.float32)
-            self.targets = {pid: (server_round, consensus) for pid in range(self.num_clients)}
+        self.server.update(server_round, uploads)
 
     # -- checkpoints -------------------------------------------------------------------------------
 
@@ -288,17 +235,14 @@ class KnowledgeTransfer(Strategy):
         change when a run restarts, and nodes are asked for their partition id again)."""
         return {
             "round": self.history[-1]["round"] if self.history else 0,
-            "coefficients": None if self.coefficients is None else self.coefficients.state_dict(),
-            "targets": {pid: (r, t.copy()) for pid, (r, t) in self.targets.items()},
+            **self.server.state_dict(),
             "history": list(self.history),
             "client_rows": list(self.client_rows),
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.round_offset = int(state["round"])
-        if self.coefficients is not None:
-            self.coefficients.load_state_dict(state["coefficients"])
-        self.targets = dict(state["targets"])
+        self.server.load_state_dict(state)
         self.history = list(state["history"])
         self.client_rows = list(state["client_rows"])
 

@@ -61,7 +61,7 @@ class FederatedAveraging(KnowledgeTransfer):
     def _update_targets(self, server_round: int, uploads: dict) -> None:
         """The accepted uploads (partition id -> node, as just recorded) averaged by Flower's FedAvg."""
         nodes = {pid: node for node, pid in self.node_to_partition.items()}
-        accepted = [self._fit_results[nodes[pid]] for pid in uploads]
+        accepted = [self._fit_results[nodes[pid]] for pid in sorted(uploads)]  # a sum in a fixed order: same seed, same figures
         parameters, _ = self.fedavg.aggregate_fit(server_round, accepted, [])
         self.global_arrays = [np.asarray(a).astype(w.dtype) for a, w in
                               zip(parameters_to_ndarrays(parameters), self.global_arrays)]

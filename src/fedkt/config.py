@@ -10,6 +10,8 @@ import importlib.util
 import math
 from pathlib import Path
 
+from fedkt.faults import parse_injections
+
 ALGORITHMS = ("ktpfl", "fedmd", "local", "fedavg")
 SCHEMES = ("type1", "type2", "iid")
 ARCHITECTURES = ("lenet", "alexnet", "resnet18", "shufflenetv2")
@@ -187,8 +189,6 @@ def validate(cfg: dict) -> None:
         if not _is_number(value) or not 0 <= value <= 1:
             raise ConfigError(f"{key}={value!r} must lie between 0 and 1")
     try:
-        from fedkt.faults import parse_injections
-
         parse_injections(get(cfg, "faults.inject"))
     except ValueError as error:
         raise ConfigError(str(error)) from None

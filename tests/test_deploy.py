@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 
 from deploy_harness import REPO, Federation, Processes, wait_for
+from fedkt.app_config import cfg_from_run_config, check_data_root, check_federation_size, client_cfg
 from fedkt.config import ConfigError, flatten, synthetic_data_note, unflatten
-from fedkt.deploy import (DEPLOY_ONLY_KEYS, PRESETS, cfg_from_run_config, check_data_root, check_federation_size,
-                          client_cfg, main, run_config_overrides, write_presets)
+from fedkt.deploy import (APP_CONFIG_MARKER, PRESETS, app_config_table, main, run_config_overrides, write_app_config,
+                          write_presets)
+from fedkt.server_app import warn_runtime_install
 
 TINY = {  # three LeNet clients on generated data, two rounds: what a deployment test can afford
     "num_clients": 3, "num_rounds": 2, "model.architectures": "lenet", "data.public_size": 200,
@@ -34,20 +36,32 @@ def app_config() -> dict:
 
 # -- the app's configuration (fast) ------------------------------------------------------------------
 
-def test_app_config_is_the_hydra_default_key_by_key():
-    """[tool.flwr.app.config] holds what `python -m fedkt.sim` runs with when given no overrides:
-    conf/config.yaml with its default groups (ktpfl, type1 and the `quick` preset), so that `flwr run`
-    and the simulation start from the same experiment; plus the keys only `flwr run` reads."""
-    hydra = run_config_overrides([])
+def test_app_config_is_generated_from_conf_and_current():
+    """[tool.flwr.app.config] is what `python -m fedkt.deploy presets` writes below its marker line: what
+    `python -m fedkt.sim` runs with when given no overrides (conf/config.yaml with its default groups:
+    ktpfl, type1 and the `quick` preset), so that `flwr run` and the simulation start from the same
+    experiment. Run that command after changing conf/."""
+    text = (REPO / "pyproject.toml").read_text()
+    assert text.count(APP_CONFIG_MARKER) == 1
+    assert text.split(APP_CONFIG_MARKER)[1] == app_config_table(), (
+        "pyproject.toml's [tool.flwr.app.config] is stale: run `python -m fedkt.deploy presets`")
     app = app_config()
-    deploy_only = set(DEPLOY_ONLY_KEYS) - set(hydra)
-    assert set(app) == set(hydra) | deploy_only, (
-        f"only in pyproject: {sorted(set(app) - set(hydra) - deploy_only)}; "
-        f"only in conf/: {sorted(set(hydra) - set(app))}")
-    differ = {key: (app[key], hydra[key]) for key in hydra
-              if app[key] != hydra[key] or type(app[key]) is not type(hydra[key])}
-    assert not differ, f"pyproject value != conf/ value: {differ}"
-    assert app["output_dir"] == "outputs/deploy"
+    assert app == run_config_overrides([])  # the committed file, as Flower reads it: every key and value
+    assert app["output_dir"] == "outputs/deploy" and app["num_clients"] == 20
+
+
+def test_app_config_writer_replaces_only_the_generated_table(tmp_path):
+    """The command keeps everything above the marker, rewrites everything below it, and refuses a file
+    without the marker (it would not know where the generated table begins)."""
+    pyproject = tmp_path / "pyproject.toml"
+    above = (REPO / "pyproject.toml").read_text().split(APP_CONFIG_MARKER)[0]
+    pyproject.write_text(above + APP_CONFIG_MARKER + "[tool.flwr.app.config]\nseed = 99\n")
+    write_app_config(pyproject)
+    assert pyproject.read_text() == above + APP_CONFIG_MARKER + app_config_table()
+    assert tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"]["seed"] == 0
+    pyproject.write_text(above)
+    with pytest.raises(ValueError, match="has no line '# Generated from conf/"):
+        write_app_config(pyproject)
 
 
 def test_run_config_file_for_any_preset_is_accepted_by_the_app(tmp_path, capsys):
@@ -345,8 +359,6 @@ def test_a_per_run_dependency_install_is_reported_with_the_fix(monkeypatch, capl
     """Flower's local SuperLink, started without FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1, runs the
     ServerApp in a fresh environment under FLWR_HOME/runtime-envs/: the run says so, and how to stop it."""
     import logging
-
-    from fedkt.deploy import warn_runtime_install
 
     monkeypatch.setenv("VIRTUAL_ENV", str(REPO / ".venv"))
     with caplog.at_level(logging.WARNING, logger="fedkt"):

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from fedkt import sim
+from fedkt.app_config import cfg_from_run_config
 from fedkt.config import ConfigError, check_ray_resources, compose, flatten, gpus_per_client, validate
-from fedkt.deploy import cfg_from_run_config
 from fedkt.models import ARCHITECTURES, build_model
 from fedkt.train import augment_batch, distill, make_optimizer, predict_logits, train_epochs
 

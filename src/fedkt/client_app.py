@@ -18,6 +18,7 @@ from flwr.app import ConfigRecord
 from flwr.client import ClientApp, NumPyClient
 from flwr.common import Context
 
+from fedkt.app_config import client_cfg
 from fedkt.config import client_architectures, get
 from fedkt.faults import FaultPlan
 from fedkt.learner import Learner
@@ -124,11 +125,10 @@ def make_client_app(cfg: dict) -> ClientApp:
 
 
 def _deployed_client_fn(context: Context):
-    from fedkt.deploy import client_fn
-
-    return client_fn(context)
+    cfg = client_cfg(context.run_config, context.node_config, context.run_id)
+    return KnowledgeClient(cfg, context).to_client()
 
 
 # The deployed ClientApp (`flwr run`, pyproject's [tool.flwr.app.components]): KnowledgeClient over the
-# run config, with the data named by the SuperNode's --node-config (fedkt.deploy.client_cfg).
+# run config, with the data named by the SuperNode's --node-config (fedkt.app_config.client_cfg).
 app = ClientApp(client_fn=_deployed_client_fn)

@@ -10,6 +10,8 @@ import importlib.util
 import math
 from pathlib import Path
 
+from fedkt.faults import parse_injections
+
 ALGORITHMS = ("ktpfl", "fedmd", "local", "fedavg")
 SCHEMES = ("type1", "type2", "iid")
 ARCHITECTURES = ("lenet", "alexnet", "resnet18", "shufflenetv2")
@@ -187,8 +189,6 @@ def validate(cfg: dict) -> None:
         if not _is_number(value) or not 0 <= value <= 1:
             raise ConfigError(f"{key}={value!r} must lie between 0 and 1")
     try:
-        from fedkt.faults import parse_injections
-
         parse_injections(get(cfg, "faults.inject"))
     except ValueError as error:
         raise ConfigError(str(error)) from None
@@ -228,13 +228,16 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # the repository's conf/ (editable install)
+# The Hydra configs: in an installed wheel they travel inside the package (fedkt/conf, mapped from the top-level
+# conf/ by pyproject's [tool.setuptools]); in a checkout (editable install, or PYTHONPATH=src) they are conf/.
+_PACKAGED_CONF = Path(__file__).resolve().parent / "conf"
+CONF_DIR = _PACKAGED_CONF if (_PACKAGED_CONF / "config.yaml").is_file() else Path(__file__).resolve().parents[2] / "conf"
 
 
 def base_defaults() -> dict:
     """conf/config.yaml's own values (no config group applied, no Hydra section): every key and its default.
     Unlike compose(), safe to call inside a running Hydra app."""
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf  # lazy for start-up: every deployed ClientApp process imports this module
 
     cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml"), resolve=False)
     return {k: v for k, v in cfg.items() if k not in ("defaults", "hydra")}
@@ -242,6 +245,7 @@ def base_defaults() -> dict:
 
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """The config `python -m fedkt.sim OVERRIDES...` would run with, as a plain dict (for tests and tools)."""
+    # lazy for start-up: Hydra takes a second or more to import, and every deployed ClientApp imports this module
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from omegaconf import OmegaConf

@@ -118,7 +118,7 @@ def resnet18(num_classes=10, in_channels=3, stem="cifar"):
 
 def shufflenetv2(num_classes=10, in_channels=3, stem="cifar"):
     """torchvision's ShuffleNetV2 x1.0; the CIFAR stem has conv1 3x3 stride 1 and no max-pool."""
-    import torchvision
+    import torchvision  # here, not at the top: as in resnet18 (seconds to import; LeNet/AlexNet never need it)
 
     model = torchvision.models.shufflenet_v2_x1_0(weights=None, num_classes=num_classes)
     stride = 1 if stem == "cifar" else 2

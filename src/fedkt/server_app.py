@@ -1,18 +1,22 @@
-"""The ServerApp: the KnowledgeTransfer (or FedAvg) strategy run for `num_rounds` rounds (config by closure), and
-`run_and_record`, which runs it (in the simulation or on a SuperLink) and keeps the run directory."""
+"""The ServerApp: the KnowledgeTransfer (or FedAvg) strategy run for `num_rounds` rounds (config by closure),
+`run_and_record`, which runs it (in the simulation or on a SuperLink) and keeps the run directory, and the
+deployed ServerApp `app` (`flwr run`), configured by the run config (fedkt.app_config)."""
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Callable
 
 from flwr.common import Context
 from flwr.server import ServerApp, ServerAppComponents, ServerConfig
+from flwr.superlink.grid import InMemoryGrid
 
-from fedkt.config import get
+from fedkt.app_config import cfg_from_run_config, check_data_root, check_federation_size, make_run_dir
+from fedkt.config import ConfigError, get, synthetic_data_note, unflatten
 from fedkt.plots import write_run_figures
-from fedkt.results import RunRecorder
+from fedkt.results import RunRecorder, dump_json
 from fedkt.tracking import TensorBoardLog
 from fedkt.fedavg import make_strategy
 
@@ -79,13 +83,71 @@ def run_and_record(cfg: dict, run_dir: Path, num_classes: int, recorder: RunReco
     return summary
 
 
+# -- the deployed ServerApp -----------------------------------------------------------------------
+
+def run_server(grid, context: Context) -> dict:
+    """What the deployed ServerApp does: the simulation's ServerApp over the run config, on the SuperLink's
+    grid, recording every round into a new run directory (the same files as a simulation run)."""
+    configure_logging(bool(context.run_config.get("logging.verbose", False)))
+    try:
+        cfg = cfg_from_run_config(context.run_config)
+        if isinstance(grid, InMemoryGrid):  # a simulation: every SuperNode exists from the start
+            check_federation_size(len(list(grid.get_node_ids())), int(cfg["num_clients"]))
+            check_data_root(context.run_config, cfg)
+    except ConfigError as error:
+        log.error("fedkt: %s", error)
+        log.error("fedkt: the run FAILED before it started (`flwr run` exits 0 all the same)")
+        raise
+    warn_runtime_install()
+    note = synthetic_data_note(unflatten(dict(context.run_config)))
+    if note:
+        log.warning("%s", note)
+    log.info("paths: data.root=%s, output_dir=%s (relative ones are taken from %s)", get(cfg, "data.root"),
+             get(cfg, "output_dir"), Path.cwd())
+    run_dir = make_run_dir(cfg, context.run_id)
+    cfg = dict(cfg, run_dir=str(run_dir))
+    dump_json(run_dir / "config.json", cfg)
+    log.info("%s on %s, %d clients, %d rounds -> %s", get(cfg, "algorithm.name"), get(cfg, "partition.scheme"),
+             cfg["num_clients"], cfg["num_rounds"], run_dir)
+    try:
+        return run_and_record(cfg, run_dir, int(get(cfg, "data.num_classes")), RunRecorder(run_dir, cfg),
+                              lambda server_app: server_app(grid, context))
+    except BaseException as error:
+        log.error("fedkt: the run FAILED (`flwr run` exits 0 all the same): %s; results so far in %s", error,
+                  run_dir)
+        raise
+
+
+def warn_runtime_install() -> None:
+    """Flower installs the app's dependencies per run (a fresh environment: gigabytes of torch) unless the
+    SuperLink was started without it; say so, and how, when this ServerApp runs in such an environment."""
+    env = os.environ.get("VIRTUAL_ENV", "")
+    if "runtime-envs" in Path(env).parts:
+        log.warning("Flower installed this app's dependencies for this run into %s (gigabytes, every run): "
+                    "start the SuperLink with --disable-runtime-dependency-installation, or for the local "
+                    "simulation stop it and run `export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1` before "
+                    "the next `flwr run` (docs/deploy.md)", env)
+
+
+def configure_logging(verbose: bool) -> None:
+    """In the ServerApp process: our progress lines go through Flower's log handlers, which show them
+    and send them to the SuperLink (`flwr run --stream`, `flwr log`); Flower's own INFO lines only when
+    logging.verbose, as in the simulation. The root logger is left alone (an INFO root logger would log,
+    and send, every HTTP request that sends the logs)."""
+    ours, flower = logging.getLogger("fedkt"), logging.getLogger("flwr")
+    ours.setLevel(logging.INFO)
+    for handler in flower.handlers:
+        if handler not in ours.handlers:
+            ours.addHandler(handler)
+    ours.propagate = not ours.handlers
+    flower.setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
 # The deployed ServerApp (`flwr run`, pyproject's [tool.flwr.app.components]): the same ServerApp as the
-# simulation's, configured by the run config, recording into output_dir (fedkt.deploy).
+# simulation's, configured by the run config, recording into output_dir.
 app = ServerApp()
 
 
 @app.main()
 def main(grid, context: Context) -> None:
-    from fedkt.deploy import run_server
-
     run_server(grid, context)

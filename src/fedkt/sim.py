@@ -19,14 +19,18 @@ import warnings
 from pathlib import Path
 
 import hydra
+import ray
 import torch
+from flwr.simulation import run_simulation
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from fedkt.config import (ConfigError, base_defaults, check_ray_resources, client_architectures, flatten, get,
-                          gpus_per_client, synthetic_data_note, unflatten, validate)
+from fedkt.client_app import make_client_app
+from fedkt.config import (CONF_DIR, ConfigError, base_defaults, check_ray_resources, client_architectures, flatten,
+                          get, gpus_per_client, synthetic_data_note, unflatten, validate)
 from fedkt.data import DataError
 from fedkt.results import RunRecorder, dump_json, read_checkpoint
+from fedkt.server_app import run_and_record
 from fedkt.strategy import FederationError
 from fedkt.task import load_federation
 
@@ -53,8 +57,6 @@ def node_gpus(address: str) -> float:
     is given exactly those), or with ray.address the GPU resources of that cluster's nodes."""
     if not address:
         return float(torch.cuda.device_count())
-    import ray
-
     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     try:
         return cluster_gpus()
@@ -64,8 +66,6 @@ def node_gpus(address: str) -> float:
 
 def cluster_gpus() -> float:
     """The GPU resources of the nodes of the Ray cluster this process is connected to."""
-    import ray
-
     return float(sum(node["Resources"].get("GPU", 0) for node in ray.nodes() if node["Alive"]))
 
 
@@ -142,11 +142,6 @@ def resume(run_dir: str | Path) -> dict:
 
 
 def _federate(cfg: dict, run_dir: Path, num_classes: int, recorder: RunRecorder, state: dict | None = None) -> dict:
-    from flwr.simulation import run_simulation
-
-    from fedkt.client_app import make_client_app
-    from fedkt.server_app import run_and_record
-
     archs = client_architectures(cfg)
     log.info("%s on %s, %d clients (%s), %d rounds -> %s", cfg["algorithm"]["name"], cfg["partition"]["scheme"],
              cfg["num_clients"], _count(archs), cfg["num_rounds"], run_dir)
@@ -162,7 +157,7 @@ def _count(archs: list[str]) -> str:
     return ", ".join(f"{archs.count(a)} {a}" for a in dict.fromkeys(archs))
 
 
-@hydra.main(config_path="../../conf", config_name="config", version_base=None)
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
 def main(hydra_cfg: DictConfig) -> float | None:
     cfg = OmegaConf.to_container(hydra_cfg, resolve=True)
     try:

@@ -24,10 +24,10 @@ from flwr.common import Context
 
 from fedkt.client_app import KnowledgeClient
 from fedkt.config import compose
-from fedkt.core import soft_predictions
+from fedkt.core import alignment_seed, soft_predictions
 from fedkt.sim import run
 from fedkt.strategy import local_epochs, make_coefficients
-from fedkt.task import alignment_seed, load_federation
+from fedkt.task import load_federation
 from fedkt.train import set_threads
 
 

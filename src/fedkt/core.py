@@ -1,6 +1,7 @@
 """Server-side math of KT-pFL and FedMD, free of any federated framework.
 
-Shapes: N clients, M samples in the round's alignment subset, C classes.
+Shapes: N clients, M samples in the round's alignment subset, C classes. The subset itself is the rule
+both sides share: the server sends alignment_seed(seed, r), every client draws alignment_indices from it.
 probs[j] = softmax(f_j(x) / T) of client j on that subset, so probs is (N, M, C).
 
 KT-pFL keeps an N x N knowledge coefficient matrix c (each row on the probability
@@ -338,6 +339,21 @@ def shift_targets(targets, class_counts, how="classes"):
     shifted = T * weights
     mass = shifted.sum(1, keepdim=True)
     return _out(torch.where(mass > 0, shifted / mass.clamp_min(1e-30), fallback), was_numpy)
+
+
+# -----------------------------------------------------------------------------
+# the round's alignment subset
+
+def alignment_seed(seed: int, server_round: int) -> int:
+    """The seed of round r's alignment subset: the server sends this, never images or index lists."""
+    return int(np.random.SeedSequence([int(seed), int(server_round), 0xA11]).generate_state(1)[0])
+
+
+def alignment_indices(public_size: int, size: int, seed: int) -> np.ndarray:
+    """Sorted indices of `size` public samples drawn without replacement by a seeded generator."""
+    if size >= public_size:
+        return np.arange(public_size)
+    return np.sort(np.random.default_rng(seed).choice(public_size, size=size, replace=False))
 
 
 # -----------------------------------------------------------------------------

@@ -15,7 +15,6 @@ import json
 import os
 import pickle
 import tarfile
-import uuid
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -24,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from fedkt.files import write_atomic
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck"]
@@ -500,23 +501,12 @@ def _cache_put(source: Path, params: dict, cache_dir, arrays: dict) -> ImageData
     try:
         entry.mkdir(parents=True, exist_ok=True)
         for name in ("x_train", "y_train", "x_test", "y_test"):
-            _atomic_write(entry / f"{name}.npy", lambda f, a=arrays[name]: np.save(f, a))
+            write_atomic(entry / f"{name}.npy", lambda f, a=arrays[name]: np.save(f, a))
         meta = {"key": key, "source": str(source.resolve()), "classes": data.classes,
                 "mean": data.mean, "std": data.std,
                 "shapes": {n: list(arrays[n].shape) for n in ("x_train", "y_train", "x_test", "y_test")}}
-        _atomic_write(entry / "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
+        write_atomic(entry / "meta.json", json.dumps(meta, indent=1))
     except OSError as e:
         warnings.warn(f"fedkt: could not write the data cache {entry} ({e}); set data.cache_dir or "
                       f"FEDKT_CACHE to a writable folder to avoid decoding again next time")
     return data
-
-
-def _atomic_write(path: Path, write):
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

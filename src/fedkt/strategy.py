@@ -22,9 +22,8 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
 from fedkt.config import client_architectures, get
-from fedkt.core import KnowledgeCoefficients, check_predictions, fedmd_consensus, soft_predictions
+from fedkt.core import KnowledgeCoefficients, alignment_seed, check_predictions, fedmd_consensus, soft_predictions
 from fedkt.progress import RoundProgress
-from fedkt.task import alignment_seed
 
 log = logging.getLogger("fedkt")
 

@@ -21,6 +21,8 @@ import tempfile
 import torch
 import torch.nn.functional as F
 
+from fedkt.models import check_positive_int
+
 # ----------------------------------------------------------------------------------------------
 # devices and threads
 
@@ -120,11 +122,6 @@ def _check_inputs(x, y=None, name_x="x", name_y="y"):
     return y.long()
 
 
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} is not allowed; expected a positive integer")
-
-
 def _batches(order, batch_size):
     """Split an index tensor into batches; a last batch of one sample joins the previous one
     (BatchNorm cannot train on a single sample with 1x1 feature maps)."""
@@ -193,7 +190,7 @@ def train_epochs(model, x, y, optimizer, epochs, batch_size, device=None, augmen
         raise ValueError("x is empty: nothing to train on")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs={epochs!r} is not allowed; expected an integer >= 0")
-    _check_positive_int("batch_size", batch_size)
+    check_positive_int("batch_size", batch_size)
     device = _resolve_device(model, device)
     model.to(device)
     model.train()
@@ -243,7 +240,7 @@ def evaluate(model, x, y, batch_size=512, device=None):
     as nan in the metrics instead of crashing a round.
     """
     y = _check_inputs(x, y)
-    _check_positive_int("batch_size", batch_size)
+    check_positive_int("batch_size", batch_size)
     if len(x) == 0:
         return math.nan, math.nan
     device = _resolve_device(model, device)
@@ -263,7 +260,7 @@ def evaluate(model, x, y, batch_size=512, device=None):
 def predict_logits(model, x, batch_size=512, device=None):
     """The model's logits on x, in eval mode without grad, as a float32 CPU tensor (N, num_classes)."""
     _check_inputs(x)
-    _check_positive_int("batch_size", batch_size)
+    check_positive_int("batch_size", batch_size)
     if len(x) == 0:
         raise ValueError("x is empty: no logits to compute")
     device = _resolve_device(model, device)
@@ -323,8 +320,8 @@ def distill(model, x, targets, optimizer, epochs=1, batch_size=256, temperature=
     _check_targets(x, targets, loss)
     if len(x) == 0:
         raise ValueError("x is empty: nothing to distil on")
-    _check_positive_int("epochs", epochs)
-    _check_positive_int("batch_size", batch_size)
+    check_positive_int("epochs", epochs)
+    check_positive_int("batch_size", batch_size)
     device = _resolve_device(model, device)
     model.to(device)
     model.train()
@@ -380,9 +377,9 @@ class LRPolicy:
             raise ValueError(f"factor={factor!r} is not allowed; expected 0 < factor < 1")
         if min_lr < 0:
             raise ValueError(f"min_lr={min_lr!r} is not allowed; expected >= 0")
-        _check_positive_int("patience", patience)
+        check_positive_int("patience", patience)
         if policy == "cosine":
-            _check_positive_int("total_steps", total_steps)
+            check_positive_int("total_steps", total_steps)
         self.optimizer = optimizer
         self.policy = policy
         self.base_lr = float(base_lr)
@@ -453,8 +450,8 @@ def train_with_early_stopping(model, x_train, y_train, x_val, y_val, optimizer, 
     dict(best_epoch, best_val_acc, history) where history holds one dict per epoch (epoch, train_loss,
     train_acc, val_loss, val_acc, lr); epochs count from 1.
     """
-    _check_positive_int("max_epochs", max_epochs)
-    _check_positive_int("patience", patience)
+    check_positive_int("max_epochs", max_epochs)
+    check_positive_int("patience", patience)
     _check_inputs(x_val, y_val, "x_val", "y_val")
     if len(x_val) == 0:
         raise ValueError("x_val is empty: early stopping needs a validation set")

@@ -12,8 +12,8 @@ from fedkt.core import (
     project_simplex,
     shift_targets,
     soft_predictions,
-    update_reference,
 )
+from helpers import update_reference
 
 OBJECTIVES = ["kl", "mse"]
 NORMALIZATIONS = ["softmax", "simplex"]

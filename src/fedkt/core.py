@@ -80,7 +80,7 @@ def soft_predictions(logits, temperature=1.0):
 
 
 def adaptive_step(grad_abs_mean):
-    """Per-row step of the KT-pFL code: start at 1.0 and, 5 times, divide by 5 while the
+    """Per-row step of the KT-pFL code (tests/helpers.py restates it for one row): start at 1.0 and, 5 times, divide by 5 while the
     mean |grad| times the step is above 0.01 and multiply by 5 while it is below; the
     product ends in [0.01, 0.05] (the step stays within 5^-5 .. 5^5)."""
     g = grad_abs_mean.clone()
@@ -90,17 +90,6 @@ def adaptive_step(grad_abs_mean):
         g, lr = torch.where(big, g / 5, g), torch.where(big, lr / 5, lr)
         small = g < 0.01
         g, lr = torch.where(small, g * 5, g), torch.where(small, lr * 5, lr)
-    return lr
-
-
-def _adaptive_step_scalar(g):
-    """Same rule for one row, written as in the KT-pFL code (used by update_reference)."""
-    lr = 1.0
-    for _ in range(5):
-        if g > 0.01:
-            g, lr = g / 5, lr / 5
-        if g < 0.01:
-            g, lr = g * 5, lr * 5
     return lr
 
 
@@ -272,38 +261,6 @@ class KnowledgeCoefficients:
             if k in state:
                 setattr(self, k, state[k])
         self.c = c
-
-
-def update_reference(c, probs, present=None, rho=0.7, objective="kl", step_size=None,
-                     normalize="softmax", tau=0.2, rows=None):
-    """One update step done row by row with autograd, the way the KT-pFL code loops over
-    clients. Same rules as KnowledgeCoefficients.update (steps=1); returns the new c.
-    rows: only update these present rows (for timing a subset); default all present."""
-    c = np.array(c, dtype=np.float64)
-    P3, _ = _as_tensor(probs)
-    N, M = P3.shape[:2]
-    idx = _present_mask(present, N).nonzero().squeeze(1).numpy()
-    n = len(idx)
-    flat = P3[torch.from_numpy(idx)].reshape(n, -1)
-    rows = idx if rows is None else rows
-    for i in rows:
-        mass = c[i, idx].sum()
-        q0 = c[i, idx] / mass if mass > 0 else np.full(n, 1.0 / n)
-        q = torch.tensor(q0, requires_grad=True)
-        s = q.to(flat.dtype) @ flat
-        p = P3[i].reshape(-1)
-        if objective == "kl":
-            data = (torch.special.xlogy(p, p) - torch.special.xlogy(p, s.clamp_min(KL_EPS))).sum() / M
-        else:
-            data = ((p - s) ** 2).mean()
-        loss = data + rho * ((q - 1.0 / n) ** 2).sum()
-        loss.backward()
-        with torch.no_grad():
-            g = q.grad
-            lr = _adaptive_step_scalar(g.abs().mean().item()) if step_size is None else step_size
-            q_new = _normalize((q - lr * g)[None], normalize, tau)[0]
-        c[i, idx] = mass * q_new.numpy()
-    return c
 
 
 TARGET_SHIFTS = ("none", "classes", "prior")

@@ -14,6 +14,7 @@ from PIL import Image
 from fedkt import data as fd
 from fedkt.data import (CIFAR10_CLASSES, DataError, ImageData, load_cifar10, load_dataset, load_image_folder,
                         make_synthetic, normalize, write_image_folder)
+from fedkt.files import write_atomic
 
 
 def grouped_by_class(x, y):
@@ -357,6 +358,22 @@ def test_cifar_loader_rejects_other_classes(tiny_data, tmp_path):
 def test_bad_options(tmp_path):
     with pytest.raises(ValueError, match="data.resize"):
         load_image_folder(tmp_path, resize="stretch")
+
+
+def test_write_atomic_keeps_the_old_file_whole_when_writing_fails(tmp_path):
+    """fedkt.files.write_atomic, the one writer of the cache, the run directory, figures and client state."""
+    path = tmp_path / "x.npy"
+    write_atomic(path, b"old")
+
+    def half_then_fail(f):
+        f.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(path, half_then_fail)
+    assert path.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
+    write_atomic(path, "new text")
+    assert path.read_text() == "new text" and sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
 
 
 def test_cache_write_failure_only_warns(tiny_data, tmp_path):

@@ -6,7 +6,7 @@
 Random float32 softmax predictions (N, M, C). "vectorized" is KnowledgeCoefficients.update
 followed by .targets (adaptive step; by default the KT-pFL code's settings: softmax
 renormalisation, one step on c per round), best of --repeats.
-"loop" is update_reference (--steps autograd steps per row, as the KT-pFL code does) plus a
+"loop" is tests/helpers.py's update_reference (--steps autograd steps per row, as the KT-pFL code does) plus a
 per-row loop for the targets; above --max-loop-rows rows it times a subset of rows and
 extrapolates: fixed cost + per-row cost * N (marked "est.").
 Prints a Markdown table. Timings on a shared machine are noisy: rerun when it is idle.
@@ -14,11 +14,16 @@ Prints a Markdown table. Timings on a shared machine are noisy: rerun when it is
 
 import argparse
 import platform
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from fedkt.core import KnowledgeCoefficients, update_reference
+from fedkt.core import KnowledgeCoefficients
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from helpers import update_reference  # noqa: E402  (the reference loop lives beside the tests that check against it)
 
 
 def best_time(fn, repeats):

@@ -38,10 +38,10 @@ import yaml
 
 from fedkt.aggregation import KnowledgeServer, local_epochs
 from fedkt.config import client_architectures, validate
-from fedkt.core import KnowledgeCoefficients, check_predictions, soft_predictions
+from fedkt.core import KnowledgeCoefficients, alignment_indices, alignment_seed, check_predictions, soft_predictions
 from fedkt.learner import Learner
 from fedkt.models import build_model
-from fedkt.task import alignment_indices, alignment_seed, client_data, load_federation, public_data
+from fedkt.task import client_data, load_federation, public_data
 from fedkt.train import (evaluate, make_optimizer, pick_device, predict_logits, set_threads, state_from_bytes,
                          train_epochs)
 

@@ -1,5 +1,8 @@
 """Tests of the server-side math (fedkt.core): KT-pFL coefficients, targets, FedMD, checks."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -11,9 +14,11 @@ from fedkt.core import (
     fedmd_consensus,
     project_simplex,
     shift_targets,
+    alignment_indices,
+    alignment_seed,
     soft_predictions,
-    update_reference,
 )
+from helpers import update_reference
 
 OBJECTIVES = ["kl", "mse"]
 NORMALIZATIONS = ["softmax", "simplex"]
@@ -229,6 +234,26 @@ def test_project_simplex():
     v = torch.tensor([[0.3, 0.3, 0.3], [2.0, 0.0, -1.0], [0.5, 0.4, 0.1]], dtype=torch.float64)
     w = project_simplex(v)
     torch.testing.assert_close(w, torch.tensor([[1 / 3] * 3, [1.0, 0, 0], [0.5, 0.4, 0.1]], dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------- the alignment subset
+
+def test_alignment_rule_is_a_pure_function_of_seed_and_round():
+    seeds = {alignment_seed(s, r) for s in range(3) for r in range(1, 40)}
+    assert len(seeds) == 3 * 39 and alignment_seed(0, 5) == alignment_seed(0, 5)
+    idx = alignment_indices(1000, 200, alignment_seed(0, 5))
+    assert len(idx) == 200 and len(set(idx.tolist())) == 200 and (np.diff(idx) > 0).all() and idx.max() < 1000
+    assert np.array_equal(idx, alignment_indices(1000, 200, alignment_seed(0, 5)))
+    assert not np.array_equal(idx, alignment_indices(1000, 200, alignment_seed(0, 6)))
+    assert np.array_equal(alignment_indices(50, 80, 1), np.arange(50))  # asked for more than there is: all
+
+
+def test_the_server_strategy_loads_no_data_module():
+    """The alignment rule lives in core, so the strategy imports neither the data modules nor PIL."""
+    code = ("import sys, fedkt.strategy; "
+            "print(sorted(m for m in ('fedkt.task', 'fedkt.data', 'fedkt.partition', 'PIL') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 # --------------------------------------------------------------------------- FedMD

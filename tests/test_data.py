@@ -14,6 +14,7 @@ from PIL import Image
 from fedkt import data as fd
 from fedkt.data import (CIFAR10_CLASSES, DataError, ImageData, load_cifar10, load_dataset, load_image_folder,
                         make_synthetic, normalize, write_image_folder)
+from fedkt.files import write_atomic
 
 
 def grouped_by_class(x, y):
@@ -162,10 +163,13 @@ def test_grayscale_and_rgba_become_rgb(tmp_path):
 
 def test_torchvision_pickles(tiny_data, tmp_path):
     """Layout (c): torchvision's cifar-10-batches-py folder, its parent, and cifar-10-python.tar.gz."""
-    folder = write_cifar_pickles(make_synthetic(num_train=500, num_test=100, seed=3), tmp_path)
+    source = make_synthetic(num_train=500, num_test=100, seed=3)
+    folder = write_cifar_pickles(source, tmp_path)
     direct = load_cifar10(folder)
     parent = load_cifar10(tmp_path)
     assert direct.x_train.shape == (500, 3, 32, 32) and direct.classes == CIFAR10_CLASSES
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        assert torch.equal(getattr(direct, name), getattr(source, name)), name
     assert torch.equal(direct.x_train, parent.x_train) and torch.equal(direct.y_test, parent.y_test)
     archive = tmp_path / "cifar-10-python.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
@@ -288,6 +292,25 @@ def test_folder_without_classes(tmp_path):
     assert str(nothing) in str(err.value)
 
 
+def test_folder_scan_leaves_hidden_folders_and_files_out(tmp_path):
+    """Hidden class folders, hidden subfolders inside a class and hidden files are not images of the set (the
+    scan before torchvision's find_classes / make_dataset walked hidden subfolders of a class all the same)."""
+    root = tiny_folder(tmp_path / "d")
+    for extra in ("train/.cache/0.png", "train/a/.thumbs/0.png", "train/a/.0.png", "train/a/sub/9.png"):
+        write_png(root / extra)
+    d = load_image_folder(root)
+    assert d.classes == ["a", "b"]
+    assert len(d.x_train) == 5 and d.y_train.tolist() == [0, 0, 0, 1, 1]  # a/0, a/1, a/sub/9; b/0, b/1
+
+
+def test_cifar_batch_missing_is_named(tiny_data, tmp_path):
+    folder = write_cifar_pickles(make_synthetic(num_train=50, num_test=10), tmp_path)
+    (folder / "data_batch_3").unlink()
+    with pytest.raises(DataError, match="data_batch_3: missing from cifar-10-batches-py") as err:
+        load_cifar10(folder)
+    assert str(folder / "data_batch_3") in str(err.value)
+
+
 def test_class_folder_without_images(tmp_path):
     root = tiny_folder(tmp_path / "d")
     (root / "train" / "c").mkdir()
@@ -335,6 +358,22 @@ def test_cifar_loader_rejects_other_classes(tiny_data, tmp_path):
 def test_bad_options(tmp_path):
     with pytest.raises(ValueError, match="data.resize"):
         load_image_folder(tmp_path, resize="stretch")
+
+
+def test_write_atomic_keeps_the_old_file_whole_when_writing_fails(tmp_path):
+    """fedkt.files.write_atomic, the one writer of the cache, the run directory, figures and client state."""
+    path = tmp_path / "x.npy"
+    write_atomic(path, b"old")
+
+    def half_then_fail(f):
+        f.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(path, half_then_fail)
+    assert path.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
+    write_atomic(path, "new text")
+    assert path.read_text() == "new text" and sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
 
 
 def test_cache_write_failure_only_warns(tiny_data, tmp_path):

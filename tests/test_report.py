@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from fedkt.partition import make_partition
-from fedkt.plots import client_classes, row_entropy, write_run_figures
+from fedkt.plots import architectures_by_client, client_classes, row_entropy, write_run_figures
 from fedkt.report import ReportCallback, find_runs, main, write_report
 from fedkt.results import RunRecorder, dump_json
 
@@ -378,3 +378,13 @@ def test_sweep_figure_against_any_swept_key(tmp_path):
     assert all(p.mean == pytest.approx(0.03) and p.verdict == "ktpfl ahead" for p in report.paired)
     with pytest.raises(ValueError, match="no run's config has that key"):
         write_report([tmp_path / "runs"], tmp_path / "report", x_key="data.no_such_key")
+
+
+def test_figures_name_architectures_from_the_config_when_clients_csv_lacks_them():
+    """config.json holds model.architectures as a list (Hydra): the names come out bare, in blocks, as the run
+    used them (the copy of the rule that plots.py kept read the list's text and gave "'lenet'")."""
+    config = {"model": {"architectures": ["lenet", "alexnet"]}, "num_clients": 4}
+    assert architectures_by_client([], config) == {0: "lenet", 1: "lenet", 2: "alexnet", 3: "alexnet"}
+    assert architectures_by_client([{"partition_id": "1", "architecture": "resnet18"}], config) == {1: "resnet18"}
+    assert architectures_by_client([], {"model": {"architectures": "lenet,nosuchnet"}, "num_clients": 2}) == {}
+

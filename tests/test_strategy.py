@@ -211,7 +211,7 @@ def test_large_kl_federation_is_warned_about_its_server_cost(caplog):
 
 
 def test_absent_client_keeps_its_last_target_and_subset():
-    from fedkt.task import alignment_seed
+    from fedkt.core import alignment_seed
 
     rng = np.random.default_rng(4)
     manager, proxies = make_manager(["a", "b", "c", "d"])

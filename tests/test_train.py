@@ -15,17 +15,16 @@ from fedkt.train import (
     distill,
     distillation_loss,
     evaluate,
-    load_state,
     make_optimizer,
     pick_device,
     predict_logits,
-    save_state,
     set_threads,
     state_from_bytes,
     state_to_bytes,
     train_epochs,
-    train_with_early_stopping,
 )
+from helpers import (load_state, reference_cosine_lrs, reference_plateau_lrs, save_state,
+                     train_with_early_stopping)
 
 NUM_CLASSES = 4
 
@@ -108,11 +107,10 @@ def test_make_optimizer():
     sgd = make_optimizer(model, 0.05)
     assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["momentum"] == 0.9
     assert sgd.param_groups[0]["weight_decay"] == 5e-4
-    assert isinstance(make_optimizer(model, 1e-3, name="adam"), torch.optim.Adam)
-    with pytest.raises(ValueError, match="name='rmsprop'.*sgd, adam"):
-        make_optimizer(model, 0.1, name="rmsprop")
     with pytest.raises(ValueError, match="lr"):
         make_optimizer(model, 0.0)
+    with pytest.raises(ValueError, match="momentum"):
+        make_optimizer(model, 0.1, momentum=-1)
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -341,6 +339,66 @@ def test_lr_policy_state_round_trip_and_bad_arguments():
         LRPolicy(None, "plateau", base_lr=0.1, factor=1.5)
     with pytest.raises(ValueError, match="base_lr"):
         LRPolicy(None, "constant")
+
+
+def _accuracy_walk(seed, steps):
+    """Validation accuracies as a client sees them: a noisy rise with plateaus and exact repeats."""
+    rng = torch.Generator().manual_seed(seed)
+    drift = torch.cumsum(0.004 + 0.03 * torch.randn(steps, generator=rng, dtype=torch.float64), 0)
+    return [round(min(1.0, max(0.0, 0.3 + float(v))), 2) for v in drift]
+
+
+@pytest.mark.parametrize("patience, factor, min_lr", [(1, 0.5, 1e-4), (2, 0.5, 1e-4), (3, 0.3, 0.002),
+                                                      (5, 0.9, 0.0), (1, 0.3, 0.0)])
+def test_plateau_policy_gives_the_learning_rates_of_the_old_rule(patience, factor, min_lr):
+    """torch's ReduceLROnPlateau behind LRPolicy gives exactly the lrs of fedkt's own rule, step by step."""
+    for seed in range(5):
+        accs = _accuracy_walk(seed, 300)
+        opt = make_optimizer(small_net(), 0.05)
+        policy = LRPolicy(opt, "plateau", patience=patience, factor=factor, min_lr=min_lr)
+        got = [policy.step(a) for a in accs]
+        assert got == reference_plateau_lrs(0.05, accs, patience, factor, min_lr)
+        assert len(set(got)) > 3  # it did reduce, several times
+        assert opt.param_groups[0]["lr"] == got[-1]
+
+
+@pytest.mark.parametrize("base_lr, min_lr", [(0.1, 1e-4), (0.02, 0.0), (0.3, 0.001)])
+def test_cosine_policy_gives_the_learning_rates_of_the_old_rule(base_lr, min_lr):
+    for total in (1, 2, 3, 7, 20, 50, 100):
+        policy = LRPolicy(None, "cosine", base_lr=base_lr, min_lr=min_lr, total_steps=total)
+        assert [policy.step() for _ in range(total + 5)] == reference_cosine_lrs(base_lr, total, total + 5, min_lr)
+
+
+def test_lr_policy_resumes_from_state_saved_before_torch_schedulers():
+    """A client state saved by fedkt before LRPolicy used torch's scheduler (these six fields) loads, and the
+    resumed policy goes on exactly as an uninterrupted one; state_dict still writes the same six fields."""
+    accs = _accuracy_walk(7, 120)
+    want = reference_plateau_lrs(0.1, accs, patience=2)
+    old_state = {"policy": "plateau", "base_lr": 0.1, "lr": want[59], "steps": 60, "best": max(accs[:60]),
+                 "bad_steps": 0}
+    bad = 0  # the old rule's count of steps without a new best since the last reduction, after step 60
+    best = -math.inf
+    for acc in accs[:60]:
+        bad = 0 if acc > best else bad + 1
+        best = max(best, acc)
+        if bad >= 2:
+            bad = 0
+    old_state["bad_steps"] = bad
+    resumed = LRPolicy(make_optimizer(small_net(), 0.1), "plateau", patience=2)
+    resumed.load_state_dict(old_state)
+    assert resumed.lr == want[59]
+    assert [resumed.step(a) for a in accs[60:]] == want[60:]
+    assert set(resumed.state_dict()) == {"policy", "base_lr", "lr", "steps", "best", "bad_steps"}
+    # and a state it writes itself round-trips the same way, through the bytes a client saves
+    first = LRPolicy(None, "plateau", base_lr=0.1, patience=2)
+    [first.step(a) for a in accs[:60]]
+    assert first.state_dict() == old_state
+    model = small_net()
+    opt = make_optimizer(model, 0.1)
+    blob = state_to_bytes(model, opt, extra={"policy": first.state_dict()})
+    again = LRPolicy(opt, "plateau", patience=2)
+    again.load_state_dict(state_from_bytes(blob, model, opt)["policy"])
+    assert [again.step(a) for a in accs[60:]] == want[60:]
 
 
 # ---------------------------------------------------------------------------------------------- early stopping

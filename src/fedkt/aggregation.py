@@ -21,8 +21,7 @@ import logging
 import numpy as np
 
 from fedkt.config import get
-from fedkt.core import KnowledgeCoefficients, check_predictions, fedmd_consensus, soft_predictions
-from fedkt.task import alignment_seed
+from fedkt.core import KnowledgeCoefficients, alignment_seed, check_predictions, fedmd_consensus, soft_predictions
 
 log = logging.getLogger("fedkt")
 

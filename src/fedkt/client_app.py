@@ -10,7 +10,6 @@ resumed) or in the node's context.state (client.state_store=context).
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from flwr.common import Context
 from fedkt.app_config import client_cfg
 from fedkt.config import client_architectures, get
 from fedkt.faults import FaultPlan
+from fedkt.files import write_atomic
 from fedkt.learner import Learner
 
 STATE_KEY = "fedkt-client"
@@ -50,9 +50,7 @@ class StateStore:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"round_{server_round:04d}.pt"
-        tmp = self.folder / f".round_{server_round:04d}.tmp{os.getpid()}"
-        tmp.write_bytes(blob)
-        os.replace(tmp, path)  # a kill mid-write leaves the previous version whole
+        write_atomic(path, blob)  # a kill mid-write leaves the previous version whole
         for old in self._rounds()[:-2]:
             (self.folder / f"round_{old:04d}.pt").unlink(missing_ok=True)
 

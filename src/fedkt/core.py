@@ -1,6 +1,7 @@
 """Server-side math of KT-pFL and FedMD, free of any federated framework.
 
-Shapes: N clients, M samples in the round's alignment subset, C classes.
+Shapes: N clients, M samples in the round's alignment subset, C classes. The subset itself is the rule
+both sides share: the server sends alignment_seed(seed, r), every client draws alignment_indices from it.
 probs[j] = softmax(f_j(x) / T) of client j on that subset, so probs is (N, M, C).
 
 KT-pFL keeps an N x N knowledge coefficient matrix c (each row on the probability
@@ -79,7 +80,7 @@ def soft_predictions(logits, temperature=1.0):
 
 
 def adaptive_step(grad_abs_mean):
-    """Per-row step of the KT-pFL code: start at 1.0 and, 5 times, divide by 5 while the
+    """Per-row step of the KT-pFL code (tests/helpers.py restates it for one row): start at 1.0 and, 5 times, divide by 5 while the
     mean |grad| times the step is above 0.01 and multiply by 5 while it is below; the
     product ends in [0.01, 0.05] (the step stays within 5^-5 .. 5^5)."""
     g = grad_abs_mean.clone()
@@ -89,17 +90,6 @@ def adaptive_step(grad_abs_mean):
         g, lr = torch.where(big, g / 5, g), torch.where(big, lr / 5, lr)
         small = g < 0.01
         g, lr = torch.where(small, g * 5, g), torch.where(small, lr * 5, lr)
-    return lr
-
-
-def _adaptive_step_scalar(g):
-    """Same rule for one row, written as in the KT-pFL code (used by update_reference)."""
-    lr = 1.0
-    for _ in range(5):
-        if g > 0.01:
-            g, lr = g / 5, lr / 5
-        if g < 0.01:
-            g, lr = g * 5, lr * 5
     return lr
 
 
@@ -273,38 +263,6 @@ class KnowledgeCoefficients:
         self.c = c
 
 
-def update_reference(c, probs, present=None, rho=0.7, objective="kl", step_size=None,
-                     normalize="softmax", tau=0.2, rows=None):
-    """One update step done row by row with autograd, the way the KT-pFL code loops over
-    clients. Same rules as KnowledgeCoefficients.update (steps=1); returns the new c.
-    rows: only update these present rows (for timing a subset); default all present."""
-    c = np.array(c, dtype=np.float64)
-    P3, _ = _as_tensor(probs)
-    N, M = P3.shape[:2]
-    idx = _present_mask(present, N).nonzero().squeeze(1).numpy()
-    n = len(idx)
-    flat = P3[torch.from_numpy(idx)].reshape(n, -1)
-    rows = idx if rows is None else rows
-    for i in rows:
-        mass = c[i, idx].sum()
-        q0 = c[i, idx] / mass if mass > 0 else np.full(n, 1.0 / n)
-        q = torch.tensor(q0, requires_grad=True)
-        s = q.to(flat.dtype) @ flat
-        p = P3[i].reshape(-1)
-        if objective == "kl":
-            data = (torch.special.xlogy(p, p) - torch.special.xlogy(p, s.clamp_min(KL_EPS))).sum() / M
-        else:
-            data = ((p - s) ** 2).mean()
-        loss = data + rho * ((q - 1.0 / n) ** 2).sum()
-        loss.backward()
-        with torch.no_grad():
-            g = q.grad
-            lr = _adaptive_step_scalar(g.abs().mean().item()) if step_size is None else step_size
-            q_new = _normalize((q - lr * g)[None], normalize, tau)[0]
-        c[i, idx] = mass * q_new.numpy()
-    return c
-
-
 TARGET_SHIFTS = ("none", "classes", "prior")
 
 
@@ -338,6 +296,21 @@ def shift_targets(targets, class_counts, how="classes"):
     shifted = T * weights
     mass = shifted.sum(1, keepdim=True)
     return _out(torch.where(mass > 0, shifted / mass.clamp_min(1e-30), fallback), was_numpy)
+
+
+# -----------------------------------------------------------------------------
+# the round's alignment subset
+
+def alignment_seed(seed: int, server_round: int) -> int:
+    """The seed of round r's alignment subset: the server sends this, never images or index lists."""
+    return int(np.random.SeedSequence([int(seed), int(server_round), 0xA11]).generate_state(1)[0])
+
+
+def alignment_indices(public_size: int, size: int, seed: int) -> np.ndarray:
+    """Sorted indices of `size` public samples drawn without replacement by a seeded generator."""
+    if size >= public_size:
+        return np.arange(public_size)
+    return np.sort(np.random.default_rng(seed).choice(public_size, size=size, replace=False))
 
 
 # -----------------------------------------------------------------------------

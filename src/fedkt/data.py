@@ -13,9 +13,8 @@ import hashlib
 import io
 import json
 import os
-import pickle
 import tarfile
-import uuid
+import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -25,6 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fedkt.files import write_atomic
+
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck"]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -32,6 +33,8 @@ RESIZE_MODES = ("resize", "pad", "none")
 DATASET_NAMES = ("cifar10", "imagefolder", "synthetic")
 CACHE_VERSION = 1
 CIFAR_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+CIFAR_FILES = CIFAR_BATCHES + ["batches.meta"]
+CIFAR_FIX = "re-extract cifar-10-python.tar.gz, or set data.download=true"
 
 CIFAR_LAYOUTS = (
     "accepted layouts for data.root: "
@@ -267,31 +270,45 @@ def _is_pickle_archive(path: Path) -> bool:
 
 
 def _read_cifar_pickles(source: Path) -> dict:
-    """CIFAR-10 from torchvision's cifar-10-batches-py folder, or from its cifar-10-python.tar.gz."""
-    fix = "re-extract cifar-10-python.tar.gz, or set data.download=true"
-    if source.is_file():
+    """CIFAR-10 from torchvision's cifar-10-batches-py folder, or from its cifar-10-python.tar.gz (whose
+    batches are unpacked into a temporary folder first), read by torchvision's CIFAR10."""
+    if source.is_dir():
+        return _read_cifar_pickle_folder(source, source)
+    with tempfile.TemporaryDirectory(prefix="fedkt-cifar-") as tmp:
         try:
             with tarfile.open(source, "r:*") as tar:
-                blobs = {Path(m.name).name: tar.extractfile(m).read() for m in tar
-                         if m.isfile() and Path(m.name).name in CIFAR_BATCHES}
+                for member in tar:
+                    if member.isfile() and Path(member.name).name in CIFAR_FILES:
+                        (Path(tmp) / Path(member.name).name).write_bytes(tar.extractfile(member).read())
         except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-            raise DataError(f"{source}: corrupt or truncated archive ({type(e).__name__}: {e}); {fix}") from e
-    else:
-        blobs = {n: (source / n).read_bytes() for n in CIFAR_BATCHES if (source / n).is_file()}
-    parts = {}
-    for name in CIFAR_BATCHES:
-        path = source / name if source.is_dir() else f"{source}:{name}"
-        if name not in blobs:
-            raise DataError(f"{path}: missing from cifar-10-batches-py; {fix}")
-        try:
-            batch = pickle.loads(blobs[name], encoding="latin1")
-            parts[name] = (np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32),
-                           np.asarray(batch["labels"], dtype=np.int64))
-        except Exception as e:  # unpickling errors come in many types
-            raise DataError(f"{path}: unreadable CIFAR-10 batch ({type(e).__name__}: {e}); {fix}") from e
-    train = [parts[n] for n in CIFAR_BATCHES[:5]]
-    return dict(x_train=np.concatenate([x for x, _ in train]), y_train=np.concatenate([y for _, y in train]),
-                x_test=parts["test_batch"][0], y_test=parts["test_batch"][1], classes=list(CIFAR10_CLASSES))
+            raise DataError(f"{source}: corrupt or truncated archive ({type(e).__name__}: {e}); {CIFAR_FIX}") from e
+        return _read_cifar_pickle_folder(Path(tmp), source)
+
+
+def _read_cifar_pickle_folder(folder: Path, source: Path) -> dict:
+    """The batches in `folder` (named after `source` in errors) as arrays; classes from batches.meta."""
+    from torchvision.datasets.cifar import CIFAR10  # here, not at the top: importing torchvision takes seconds
+
+    class Batches(CIFAR10):  # the files right in `folder`, whatever its name; no md5 check (the shapes are checked)
+        base_folder = ""
+        train_list = [[name, None] for name in CIFAR_BATCHES[:5]]
+        test_list = [[CIFAR_BATCHES[5], None]]
+        meta = {"filename": "batches.meta", "key": "label_names", "md5": None}
+
+    for name in CIFAR_FILES:
+        if not (folder / name).is_file():
+            where = source / name if source.is_dir() else f"{source}:{name}"
+            raise DataError(f"{where}: missing from cifar-10-batches-py; {CIFAR_FIX}")
+    try:
+        splits = {split: Batches(str(folder), train=split == "train") for split in ("train", "test")}
+    except Exception as e:  # unpickling errors come in many types
+        raise DataError(f"{source}: unreadable CIFAR-10 batches ({type(e).__name__}: {e}); {CIFAR_FIX}") from e
+    arrays = {"classes": list(splits["train"].classes)}
+    for split, batches in splits.items():
+        arrays[f"x_{split}"] = np.ascontiguousarray(np.asarray(batches.data, dtype=np.uint8).transpose(0, 3, 1, 2))
+        arrays[f"y_{split}"] = np.asarray(batches.targets, dtype=np.int64)
+    _check_cifar_arrays(source, arrays)
+    return arrays
 
 
 def _check_cifar_arrays(source: Path, arrays: dict):
@@ -342,25 +359,30 @@ def _read_images(source: Path, image_size: int, resize: str) -> dict:
 
 
 def _scan_split_folder(folder: Path, image_size: int, resize: str) -> dict:
-    """{class: [(relative name, HxWx3 array)]} for folder/<class>/**/<image>."""
-    found = {}
-    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        items = []
-        for dirpath, dirnames, filenames in sorted(os.walk(class_dir, followlinks=True)):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            for fname in sorted(filenames):
-                if fname.startswith(".") or not fname.lower().endswith(IMAGE_EXTENSIONS):
-                    continue
-                path = Path(dirpath) / fname
-                try:
-                    data = path.read_bytes()
-                except OSError as e:
-                    raise DataError(f"{path}: cannot read ({e}); fix its permissions or remove it") from e
-                items.append((str(path.relative_to(folder)), _decode(data, path, image_size, resize)))
+    """{class: [(relative name, HxWx3 array)]} for folder/<class>/**/<image>, found as torchvision's ImageFolder
+    finds them (find_classes, make_dataset), hidden folders and files left out."""
+    from torchvision.datasets.folder import find_classes, make_dataset  # here: importing torchvision takes seconds
+
+    def visible_image(path: str) -> bool:
+        parts = Path(path).relative_to(folder).parts
+        return path.lower().endswith(IMAGE_EXTENSIONS) and not any(p.startswith(".") for p in parts)
+
+    try:
+        classes = [name for name in find_classes(folder)[0] if not name.startswith(".")]
+    except FileNotFoundError:  # no class folder at all: the caller names the fix
+        return {}
+    found = {name: [] for name in classes}
+    for path, label in make_dataset(folder, {name: k for k, name in enumerate(classes)},
+                                    is_valid_file=visible_image, allow_empty=True):
+        try:
+            data = Path(path).read_bytes()
+        except OSError as e:
+            raise DataError(f"{path}: cannot read ({e}); fix its permissions or remove it") from e
+        found[classes[label]].append((str(Path(path).relative_to(folder)), _decode(data, path, image_size, resize)))
+    for name, items in found.items():
         if not items:
-            raise DataError(f"{class_dir}: class folder holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+            raise DataError(f"{folder / name}: class folder holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
                             f"add images or remove the folder")
-        found[class_dir.name] = items
     return found
 
 
@@ -500,23 +522,12 @@ def _cache_put(source: Path, params: dict, cache_dir, arrays: dict) -> ImageData
     try:
         entry.mkdir(parents=True, exist_ok=True)
         for name in ("x_train", "y_train", "x_test", "y_test"):
-            _atomic_write(entry / f"{name}.npy", lambda f, a=arrays[name]: np.save(f, a))
+            write_atomic(entry / f"{name}.npy", lambda f, a=arrays[name]: np.save(f, a))
         meta = {"key": key, "source": str(source.resolve()), "classes": data.classes,
                 "mean": data.mean, "std": data.std,
                 "shapes": {n: list(arrays[n].shape) for n in ("x_train", "y_train", "x_test", "y_test")}}
-        _atomic_write(entry / "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
+        write_atomic(entry / "meta.json", json.dumps(meta, indent=1))
     except OSError as e:
         warnings.warn(f"fedkt: could not write the data cache {entry} ({e}); set data.cache_dir or "
                       f"FEDKT_CACHE to a writable folder to avoid decoding again next time")
     return data
-
-
-def _atomic_write(path: Path, write):
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from fedkt.config import client_architectures, get
-from fedkt.core import shift_targets, soft_predictions
+from fedkt.core import alignment_indices, shift_targets, soft_predictions
 from fedkt.models import build_model, load_model_arrays, model_arrays
-from fedkt.task import alignment_indices, client_data, load_federation, public_data
+from fedkt.task import client_data, load_federation, public_data
 from fedkt.train import (LRPolicy, distill, make_optimizer, pick_device, predict_logits, set_threads,
                          state_from_bytes, state_to_bytes, train_epochs)
 from fedkt.train import evaluate as evaluate_model

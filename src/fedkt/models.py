@@ -135,7 +135,8 @@ def _check_choice(name, value, allowed):
         raise ValueError(f"{name}={value!r} is not supported; allowed values: {', '.join(allowed)}")
 
 
-def _check_positive_int(name, value):
+def check_positive_int(name, value):
+    """ValueError naming `name` unless value is an int >= 1 (bool is not an int here)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}={value!r} is not allowed; expected a positive integer")
 
@@ -145,8 +146,8 @@ def build_model(arch, num_classes=10, in_channels=3, norm="none", stem="cifar"):
     _check_choice("arch", arch, ARCHITECTURES)
     _check_choice("norm", norm, NORMS)
     _check_choice("stem", stem, STEMS)
-    _check_positive_int("num_classes", num_classes)
-    _check_positive_int("in_channels", in_channels)
+    check_positive_int("num_classes", num_classes)
+    check_positive_int("in_channels", in_channels)
     if arch == "lenet":
         return LeNet(num_classes, in_channels, norm)
     if arch == "alexnet":

@@ -18,12 +18,9 @@ no display needed) and no Flower import.
 
 from __future__ import annotations
 
-import csv
 import io
-import json
 import logging
 import math
-import re
 from pathlib import Path
 
 import matplotlib
@@ -32,7 +29,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from fedkt.results import write_atomic
+from fedkt.config import ConfigError, client_architectures, flatten
+from fedkt.files import write_atomic
+from fedkt.results import human_bytes, read_csv, read_json, to_float
 
 log = logging.getLogger("fedkt")
 
@@ -49,29 +48,6 @@ _EXTRA_MARKERS = ("v", "P", "X", "*", "h")
 
 # -----------------------------------------------------------------------------
 # reading (tolerant: a missing or broken file reads as nothing)
-
-def to_float(value) -> float:
-    """A CSV/JSON cell as a float; empty, None or garbage -> NaN."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def read_json(path: Path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def read_csv(path: Path) -> list[dict]:
-    try:
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
-    except (OSError, csv.Error, UnicodeDecodeError):
-        return []
-
 
 def read_metrics(run_dir: Path) -> list[dict]:
     """Per-round rows from metrics.csv (else metrics.json), sorted by round; rows without a round dropped."""
@@ -101,9 +77,10 @@ def run_title(run_dir: Path, config: dict | None = None, summary: dict | None = 
     """'ktpfl · type2 · seed 0' (plus the status when the run did not complete)."""
     config = config if config is not None else read_json(run_dir / "config.json") or {}
     summary = summary if summary is not None else read_json(run_dir / "summary.json") or {}
-    algorithm = summary.get("algorithm") or _get(config, "algorithm.name") or "?"
-    partition = summary.get("partition") or _get(config, "partition.scheme") or "?"
-    seed = summary.get("seed", _get(config, "seed"))
+    flat = flatten(config)
+    algorithm = summary.get("algorithm") or flat.get("algorithm.name") or "?"
+    partition = summary.get("partition") or flat.get("partition.scheme") or "?"
+    seed = summary.get("seed", flat.get("seed"))
     title = f"{algorithm} · {partition} · seed {seed if seed is not None else '?'}"
     status = summary.get("status")
     if status and status != "completed":
@@ -111,8 +88,9 @@ def run_title(run_dir: Path, config: dict | None = None, summary: dict | None = 
     return title
 
 
-def client_architectures(run_dir: Path, clients: list[dict], config: dict) -> dict[int, str]:
-    """partition id -> architecture, from clients.csv, else from config's model.architectures."""
+def architectures_by_client(clients: list[dict], config: dict) -> dict[int, str]:
+    """partition id -> architecture, from clients.csv's rows, else from the config's model.architectures
+    (fedkt.config.client_architectures); {} when neither says."""
     archs: dict[int, str] = {}
     for row in clients:
         pid = to_float(row.get("partition_id"))
@@ -120,14 +98,10 @@ def client_architectures(run_dir: Path, clients: list[dict], config: dict) -> di
             archs.setdefault(int(pid), str(row["architecture"]))
     if archs:
         return archs
-    names = [a.strip() for a in str(_get(config, "model.architectures") or "").strip("[]").split(",") if a.strip()]
-    n = _get(config, "num_clients")
-    if names and isinstance(n, int) and n > 0:
-        if len(names) != n and n % len(names) == 0:
-            names = [a for a in names for _ in range(n // len(names))]
-        if len(names) == n:
-            return dict(enumerate(names))
-    return {}
+    try:
+        return dict(enumerate(client_architectures(config)))
+    except (ConfigError, TypeError, ValueError):  # an old or hand-written config: no names, not an error
+        return {}
 
 
 def read_class_counts(run_dir: Path) -> tuple[list[str], np.ndarray] | None:
@@ -172,15 +146,6 @@ def client_classes(run_dir: Path) -> dict[int, list[str]]:
         return {}
     names, counts = found
     return {i: [names[k] for k in np.flatnonzero(row > 0)] for i, row in enumerate(counts)}
-
-
-def _get(cfg, dotted: str):
-    node = cfg
-    for key in dotted.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node
 
 
 def arch_style(arch: str, known: list[str]) -> tuple[str, str]:
@@ -261,7 +226,7 @@ def plot_clients(run_dir: Path, out_dir: Path, title: str, config: dict) -> Path
             if math.isfinite(to_float(r.get("round"))) and math.isfinite(to_float(r.get("partition_id")))]
     if not rows:
         return None
-    archs = client_architectures(run_dir, rows, config)
+    archs = architectures_by_client(rows, config)
     order = arch_order(archs)
     series: dict[int, dict[float, float]] = {}
     for r in rows:
@@ -315,9 +280,9 @@ def _heatmap(ax, matrix: np.ndarray, order: list[int], bounds: list[int], vmax: 
 
 def plot_coefficients(run_dir: Path, out_dir: Path, title: str, config: dict, c: np.ndarray) -> Path:
     n = c.shape[1]
-    archs = client_architectures(run_dir, read_csv(run_dir / "clients.csv"), config)
+    archs = architectures_by_client(read_csv(run_dir / "clients.csv"), config)
     order, bounds = _coefficient_order(n, archs)
-    classes = client_classes(run_dir) if (_get(config, "partition.scheme") == "type2") else {}
+    classes = client_classes(run_dir) if (flatten(config).get("partition.scheme") == "type2") else {}
     labels = []
     for i in order:
         label = f"{i}:{archs.get(i, '?')}"
@@ -354,7 +319,7 @@ def row_entropy(c: np.ndarray) -> np.ndarray:
 
 def plot_coefficient_rounds(run_dir: Path, out_dir: Path, title: str, config: dict, c: np.ndarray) -> Path:
     rounds, n = c.shape[0], c.shape[1]
-    archs = client_architectures(run_dir, read_csv(run_dir / "clients.csv"), config)
+    archs = architectures_by_client(read_csv(run_dir / "clients.csv"), config)
     order_archs = arch_order(archs)
     order, bounds = _coefficient_order(n, archs)
     picks = sorted({0, rounds // 3, (2 * rounds) // 3, rounds - 1}) if rounds > 1 else [0]
@@ -390,17 +355,6 @@ def plot_coefficient_rounds(run_dir: Path, out_dir: Path, title: str, config: di
     if im is not None:
         fig.colorbar(im, ax=fig.axes[1:], shrink=0.9, pad=0.02, label="c_ij")
     return save_figure(fig, out_dir / "coefficients_rounds.png")
-
-
-def human_bytes(value) -> str:
-    """1234567 -> '1.23 MB'; NaN/None -> '—'."""
-    value = to_float(value)
-    if not math.isfinite(value):
-        return "—"
-    for scale, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
-        if abs(value) >= scale:
-            return f"{value / scale:.2f} {unit}"
-    return f"{value:.0f} B"
 
 
 def _byte_scale(values) -> tuple[float, str]:
@@ -490,11 +444,3 @@ def write_run_figures(run_dir: str | Path, out_dir: str | Path | None = None) ->
         if path is not None:
             written.append(path)
     return written
-
-
-_NUM = re.compile(r"(\d+)")
-
-
-def natural_key(text: str):
-    """'10_x' after '9_x'."""
-    return [int(part) if part.isdigit() else part for part in _NUM.split(str(text))]

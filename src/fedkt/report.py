@@ -53,10 +53,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fedkt.config import client_architectures
-from fedkt.plots import (human_bytes, natural_key, new_figure, read_json, save_figure, to_float,
-                         write_run_figures)
-from fedkt.results import format_duration, write_atomic
+from fedkt.config import client_architectures, flatten
+from fedkt.files import write_atomic
+from fedkt.plots import new_figure, save_figure, write_run_figures
+from fedkt.results import format_duration, human_bytes, read_json, to_float
 
 log = logging.getLogger("fedkt")
 
@@ -284,16 +284,6 @@ def find_runs(paths) -> list[Path]:
     return sorted(found, key=lambda p: natural_key(str(p)))
 
 
-def flatten(cfg, prefix: str = "") -> dict:
-    out = {}
-    if isinstance(cfg, dict):
-        for key, value in cfg.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-    else:
-        out[prefix[:-1]] = cfg
-    return out
-
-
 def load_run(path: Path, roots: list[Path]) -> Run:
     config = read_json(path / "config.json")
     summary = read_json(path / "summary.json")
@@ -327,6 +317,14 @@ def setting_keys(runs: list[Run]) -> list[str]:
         if len({json.dumps(r.flat[key], sort_keys=True, default=str) for r in runs if key in r.flat}) > 1:
             varying.append(key)
     return varying
+
+
+_NUM = re.compile(r"(\d+)")
+
+
+def natural_key(text: str):
+    """'10_x' after '9_x'."""
+    return [int(part) if part.isdigit() else part for part in _NUM.split(str(text))]
 
 
 def _order(value: str, preferred) -> tuple:

@@ -7,6 +7,9 @@
   accuracy and its test accuracy (never a round chosen on test data), and the wall time;
 - checkpoint.npz: the server's state after the last complete round (with clients/ it resumes a run); arrays
   and JSON only, so loading it runs no code (`read_checkpoint`).
+
+Reading them back for figures and reports is tolerant (`read_json`, `read_csv`, `to_float`): a missing or
+broken file reads as nothing, a bad cell as NaN.
 """
 
 from __future__ import annotations
@@ -16,21 +19,14 @@ import io
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
+from fedkt.files import write_atomic
+
 log = logging.getLogger("fedkt")
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write then rename: a kill mid-write leaves the previous file whole."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
 
 
 def to_csv(rows: list[dict]) -> str:
@@ -228,3 +224,42 @@ def format_duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60} min {seconds % 60:02d} s"
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def human_bytes(value) -> str:
+    """1234567 -> '1.23 MB'; NaN/None -> '—'."""
+    value = to_float(value)
+    if not math.isfinite(value):
+        return "—"
+    for scale, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{value:.0f} B"
+
+
+# -----------------------------------------------------------------------------
+# reading a run directory back (tolerant: a missing or broken file reads as nothing)
+
+def to_float(value) -> float:
+    """A CSV/JSON cell as a float; empty, None or garbage -> NaN."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def read_json(path: Path):
+    """The file's JSON, or None when it is missing or not valid JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_csv(path: Path) -> list[dict]:
+    """The file's rows as dicts of strings, or [] when it is missing or unreadable."""
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return []

@@ -1,4 +1,5 @@
-"""What a client works on: its shard and the public set as float tensors, and the round's alignment subset.
+"""What a client works on: its shard and the public set as float tensors (the round's alignment subset of the
+public set is fedkt.core.alignment_indices).
 
 The data set and its partition are cached per process: every virtual client in one Ray actor reads the
 same decoded arrays (they are read-only), and the partition is a pure function of the config.
@@ -88,15 +89,3 @@ def _public_data(key: str) -> tuple[torch.Tensor, torch.Tensor]:
     data, partition = _load_federation(key)
     idx = torch.as_tensor(partition.public, dtype=torch.long)
     return normalize(data.x_train[idx], *_normalization_stats(key)), data.y_train[idx]
-
-
-def alignment_seed(seed: int, server_round: int) -> int:
-    """The seed of round r's alignment subset: the server sends this, never images or index lists."""
-    return int(np.random.SeedSequence([int(seed), int(server_round), 0xA11]).generate_state(1)[0])
-
-
-def alignment_indices(public_size: int, size: int, seed: int) -> np.ndarray:
-    """Sorted indices of `size` public samples drawn without replacement by a seeded generator."""
-    if size >= public_size:
-        return np.arange(public_size)
-    return np.sort(np.random.default_rng(seed).choice(public_size, size=size, replace=False))

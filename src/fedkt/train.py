@@ -1,4 +1,4 @@
-"""Plain-torch training, evaluation, distillation and checkpointing for one client model.
+"""Plain-torch training, evaluation, distillation, learning-rate policy and state bytes for one client model.
 
 Data are tensors already in memory: x is (N, C, H, W) float32 (normalized), y is (N,) int64. Batches
 are drawn by indexing with a seeded permutation per epoch; there is no DataLoader.
@@ -16,10 +16,11 @@ import contextlib
 import io
 import math
 import os
-import tempfile
 
 import torch
 import torch.nn.functional as F
+
+from fedkt.models import check_positive_int
 
 # ----------------------------------------------------------------------------------------------
 # devices and threads
@@ -120,11 +121,6 @@ def _check_inputs(x, y=None, name_x="x", name_y="y"):
     return y.long()
 
 
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} is not allowed; expected a positive integer")
-
-
 def _batches(order, batch_size):
     """Split an index tensor into batches; a last batch of one sample joins the previous one
     (BatchNorm cannot train on a single sample with 1x1 feature maps)."""
@@ -160,22 +156,15 @@ def augment_batch(x, generator):
     return padded.gather(2, rows).gather(3, cols)
 
 
-OPTIMIZERS = ("sgd", "adam")
-
-
-def make_optimizer(model, lr, momentum=0.9, weight_decay=5e-4, name="sgd"):
-    """SGD with momentum (default) or Adam (momentum ignored) over the model's parameters."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"name={name!r} is not supported; allowed values: {', '.join(OPTIMIZERS)}")
+def make_optimizer(model, lr, momentum=0.9, weight_decay=5e-4):
+    """SGD with momentum over the model's parameters."""
     if not lr > 0:
         raise ValueError(f"lr={lr!r} is not allowed; expected a positive number")
     if weight_decay < 0:
         raise ValueError(f"weight_decay={weight_decay!r} is not allowed; expected >= 0")
-    if name == "sgd":
-        if momentum < 0:
-            raise ValueError(f"momentum={momentum!r} is not allowed; expected >= 0")
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if momentum < 0:
+        raise ValueError(f"momentum={momentum!r} is not allowed; expected >= 0")
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -193,7 +182,7 @@ def train_epochs(model, x, y, optimizer, epochs, batch_size, device=None, augmen
         raise ValueError("x is empty: nothing to train on")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs={epochs!r} is not allowed; expected an integer >= 0")
-    _check_positive_int("batch_size", batch_size)
+    check_positive_int("batch_size", batch_size)
     device = _resolve_device(model, device)
     model.to(device)
     model.train()
@@ -243,7 +232,7 @@ def evaluate(model, x, y, batch_size=512, device=None):
     as nan in the metrics instead of crashing a round.
     """
     y = _check_inputs(x, y)
-    _check_positive_int("batch_size", batch_size)
+    check_positive_int("batch_size", batch_size)
     if len(x) == 0:
         return math.nan, math.nan
     device = _resolve_device(model, device)
@@ -263,7 +252,7 @@ def evaluate(model, x, y, batch_size=512, device=None):
 def predict_logits(model, x, batch_size=512, device=None):
     """The model's logits on x, in eval mode without grad, as a float32 CPU tensor (N, num_classes)."""
     _check_inputs(x)
-    _check_positive_int("batch_size", batch_size)
+    check_positive_int("batch_size", batch_size)
     if len(x) == 0:
         raise ValueError("x is empty: no logits to compute")
     device = _resolve_device(model, device)
@@ -323,8 +312,8 @@ def distill(model, x, targets, optimizer, epochs=1, batch_size=256, temperature=
     _check_targets(x, targets, loss)
     if len(x) == 0:
         raise ValueError("x is empty: nothing to distil on")
-    _check_positive_int("epochs", epochs)
-    _check_positive_int("batch_size", batch_size)
+    check_positive_int("epochs", epochs)
+    check_positive_int("batch_size", batch_size)
     device = _resolve_device(model, device)
     model.to(device)
     model.train()
@@ -359,11 +348,16 @@ class LRPolicy:
 
     "plateau" (the source paper's dynamic adaptive learning rate): the lr is multiplied by `factor`
     (not below min_lr) once the watched validation accuracy has not risen above its best for
-    `patience` consecutive steps; the count then restarts. "cosine": from base_lr down to min_lr over
-    total_steps steps, then held at min_lr.
+    `patience` consecutive steps; the count then restarts. This is torch's ReduceLROnPlateau in mode
+    "max" with threshold 0 and eps 0; torch reduces after *more than* its patience bad steps, so it
+    gets patience - 1. "cosine": from base_lr down to min_lr over total_steps steps, then held at
+    min_lr, computed in closed form (torch's CosineAnnealingLR updates the lr recursively, which
+    differs in the last bits from step to step, and rises again after total_steps).
 
-    `optimizer` may be None (e.g. a server step size): read `lr` instead. Call `step(val_acc)` once per
-    round/epoch, after evaluation; it returns the lr for the next round.
+    `optimizer` may be None (e.g. a server step size): the lr then lives in a private optimizer
+    without parameters of its own; read `lr`. Call `step(val_acc)` once per round/epoch, after
+    evaluation; it returns the lr for the next round. `state_dict` holds policy, base_lr, lr, steps,
+    best and bad_steps (the fields fedkt has always saved with a client's state).
     """
 
     def __init__(self, optimizer, policy="constant", base_lr=None, patience=2, factor=0.5, min_lr=1e-4,
@@ -380,30 +374,31 @@ class LRPolicy:
             raise ValueError(f"factor={factor!r} is not allowed; expected 0 < factor < 1")
         if min_lr < 0:
             raise ValueError(f"min_lr={min_lr!r} is not allowed; expected >= 0")
-        _check_positive_int("patience", patience)
+        check_positive_int("patience", patience)
         if policy == "cosine":
-            _check_positive_int("total_steps", total_steps)
+            check_positive_int("total_steps", total_steps)
+        if optimizer is None:
+            optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=float(base_lr))
         self.optimizer = optimizer
         self.policy = policy
         self.base_lr = float(base_lr)
-        self.patience = patience
-        self.factor = factor
         self.min_lr = float(min_lr)
         self.total_steps = total_steps
-        self._lr = self.base_lr
         self.steps = 0
-        self.best = -math.inf
-        self.bad_steps = 0
-        self._apply()
+        self._set_lr(self.base_lr)
+        self._plateau = None
+        if policy == "plateau":
+            self._plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="max", factor=factor, patience=patience - 1, threshold=0.0, threshold_mode="abs",
+                min_lr=self.min_lr, eps=0.0)
 
     @property
     def lr(self):
-        return self._lr
+        return self.optimizer.param_groups[0]["lr"]
 
-    def _apply(self):
-        if self.optimizer is not None:
-            for group in self.optimizer.param_groups:
-                group["lr"] = self._lr
+    def _set_lr(self, lr):
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def step(self, val_acc=None):
         """Record one round/epoch (val_acc is required for "plateau") and return the new lr."""
@@ -411,121 +406,48 @@ class LRPolicy:
         if self.policy == "plateau":
             if val_acc is None or math.isnan(val_acc):
                 raise ValueError(f"val_acc={val_acc!r} is not allowed with policy='plateau'; expected a number")
-            if val_acc > self.best:
-                self.best = val_acc
-                self.bad_steps = 0
-            else:
-                self.bad_steps += 1
-                if self.bad_steps >= self.patience:
-                    self._lr = min(self._lr, max(self._lr * self.factor, self.min_lr))
-                    self.bad_steps = 0
+            self._plateau.step(val_acc)
         elif self.policy == "cosine":
             progress = min(self.steps, self.total_steps) / self.total_steps
-            self._lr = self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
-        self._apply()
-        return self._lr
+            self._set_lr(self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * progress)))
+        return self.lr
 
     def state_dict(self):
-        return dict(policy=self.policy, base_lr=self.base_lr, lr=self._lr, steps=self.steps, best=self.best,
-                    bad_steps=self.bad_steps)
+        plateau = self._plateau
+        return dict(policy=self.policy, base_lr=self.base_lr, lr=self.lr, steps=self.steps,
+                    best=-math.inf if plateau is None else plateau.best,
+                    bad_steps=0 if plateau is None else plateau.num_bad_epochs)
 
     def load_state_dict(self, state):
         if state["policy"] != self.policy:
             raise ValueError(f"state is for policy={state['policy']!r}, this LRPolicy has policy={self.policy!r}")
         self.base_lr = state["base_lr"]
-        self._lr = state["lr"]
         self.steps = state["steps"]
-        self.best = state["best"]
-        self.bad_steps = state["bad_steps"]
-        self._apply()
+        self._set_lr(state["lr"])
+        if self._plateau is not None:
+            self._plateau.best = state["best"]
+            self._plateau.num_bad_epochs = state["bad_steps"]
+            self._plateau.last_epoch = state["steps"]
 
 
 # ----------------------------------------------------------------------------------------------
-# early stopping
+# state as bytes (a client's model, optimizer and lr policy between rounds)
 
 
-def train_with_early_stopping(model, x_train, y_train, x_val, y_val, optimizer, max_epochs, patience, batch_size,
-                              device=None, augment=False, lr_policy=None, seed=0):
-    """Train one epoch at a time, evaluate on (x_val, y_val), stop after `patience` epochs without a
-    new best validation accuracy, and load the best epoch's weights (and buffers) back into the model.
-
-    lr_policy (optional) is stepped with the validation accuracy after each epoch. Returns
-    dict(best_epoch, best_val_acc, history) where history holds one dict per epoch (epoch, train_loss,
-    train_acc, val_loss, val_acc, lr); epochs count from 1.
-    """
-    _check_positive_int("max_epochs", max_epochs)
-    _check_positive_int("patience", patience)
-    _check_inputs(x_val, y_val, "x_val", "y_val")
-    if len(x_val) == 0:
-        raise ValueError("x_val is empty: early stopping needs a validation set")
-    best_epoch, best_val_acc, best_state = 0, -math.inf, None
-    history = []
-    for epoch in range(1, max_epochs + 1):
-        lr = optimizer.param_groups[0]["lr"]
-        train = train_epochs(model, x_train, y_train, optimizer, 1, batch_size, device, augment, seed + epoch)
-        val_loss, val_acc = evaluate(model, x_val, y_val, device=device)
-        history.append(dict(epoch=epoch, train_loss=train["loss"], train_acc=train["acc"], val_loss=val_loss,
-                            val_acc=val_acc, lr=lr))
-        if val_acc > best_val_acc:
-            best_epoch, best_val_acc = epoch, val_acc
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        if lr_policy is not None:
-            lr_policy.step(val_acc)
-        if epoch - best_epoch >= patience:
-            break
-    model.load_state_dict(best_state)
-    return dict(best_epoch=best_epoch, best_val_acc=best_val_acc, history=history)
+def state_to_bytes(model, optimizer=None, extra=None):
+    """Model (+ optimizer, + `extra`: tensors and plain Python values) as the bytes of one torch.save."""
+    buffer = io.BytesIO()
+    torch.save(dict(model=model.state_dict(), optimizer=None if optimizer is None else optimizer.state_dict(),
+                    extra=extra), buffer)
+    return buffer.getvalue()
 
 
-# ----------------------------------------------------------------------------------------------
-# checkpoints
-
-
-def _state(model, optimizer, extra):
-    return dict(model=model.state_dict(), optimizer=None if optimizer is None else optimizer.state_dict(),
-                extra=extra)
-
-
-def _restore(state, model, optimizer):
+def state_from_bytes(data, model, optimizer=None):
+    """Load what state_to_bytes wrote into model (and optimizer); returns `extra`."""
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     if optimizer is not None:
         if state["optimizer"] is None:
             raise ValueError("an optimizer was given but the saved state holds no optimizer state")
         optimizer.load_state_dict(state["optimizer"])
     return state["extra"]
-
-
-def save_state(path, model, optimizer=None, extra=None):
-    """Save model (+ optimizer, + `extra`: tensors and plain Python values) atomically: a temporary
-    file in the same folder, then os.replace."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(_state(model, optimizer, extra), f)
-        os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp_path)
-        raise
-
-
-def load_state(path, model, optimizer=None):
-    """Load what save_state wrote into model (and optimizer); returns `extra`."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return _restore(state, model, optimizer)
-
-
-def state_to_bytes(model, optimizer=None, extra=None):
-    """Like save_state, into bytes (e.g. for an in-memory client record)."""
-    buffer = io.BytesIO()
-    torch.save(_state(model, optimizer, extra), buffer)
-    return buffer.getvalue()
-
-
-def state_from_bytes(data, model, optimizer=None):
-    """Like load_state, from bytes written by state_to_bytes; returns `extra`."""
-    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    return _restore(state, model, optimizer)

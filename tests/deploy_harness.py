@@ -9,6 +9,7 @@ machine is touched, and nothing is left behind, even when a test fails half-way.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -275,3 +276,17 @@ class Federation:
     def flwr_run(self, run_config: dict, timeout: float) -> subprocess.CompletedProcess:
         """`flwr run APP <connection> --stream --run-config ...` to its end (at most `timeout` s)."""
         return self.procs.run("flwr-run", self.flwr_run_command(run_config), timeout=timeout, env=self.env)
+
+
+@contextlib.contextmanager
+def running(procs: Processes):
+    """The block of a test that runs `procs`: on a failure their logs are printed; in any case they are all
+    stopped, and after a block that passed nothing of them may be left."""
+    try:
+        yield procs
+    except BaseException:
+        print(procs.logs())
+        raise
+    finally:
+        procs.stop_all()
+    assert procs.leftovers() == []

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from deploy_harness import REPO, Federation, Processes, wait_for
+from deploy_harness import REPO, Federation, Processes, running, wait_for
 from fedkt.app_config import cfg_from_run_config, check_data_root, check_federation_size, client_cfg
 from fedkt.config import ConfigError, flatten, synthetic_data_note, unflatten
 from fedkt.deploy import (APP_CONFIG_MARKER, PRESETS, app_config_table, main, run_config_overrides, write_app_config,
@@ -160,7 +160,7 @@ def test_deployment_three_supernodes(tmp_path):
     The run config keeps data.name=cifar10: each node's --node-config data-name=synthetic must win."""
     out = tmp_path / "out"
     procs = Processes(tmp_path / "logs", env={"FEDKT_CACHE": str(tmp_path / "cache")})
-    try:
+    with running(procs):
         fed = Federation(procs, tmp_path, 3, node_config=node_config(tmp_path, **{"data-name": "synthetic"}))
         fed.start(timeout=RUN_SECONDS + 120)
         done = fed.flwr_run({**TINY, "round_timeout": 120, "output_dir": str(out)}, timeout=RUN_SECONDS)
@@ -171,12 +171,6 @@ def test_deployment_three_supernodes(tmp_path):
         done = fed.flwr_run({**TINY, "client.lr": -1.0, "output_dir": str(out)}, timeout=120)
         assert "client.lr=-1.0 must be a number > 0" in done.stdout + done.stderr
         assert len(run_dirs(out)) == 1  # no run directory for it
-    except BaseException:
-        print(procs.logs())
-        raise
-    finally:
-        procs.stop_all()
-    assert procs.leftovers() == []
 
 
 def test_deployment_with_tls_and_supernode_auth(tmp_path):
@@ -184,7 +178,7 @@ def test_deployment_with_tls_and_supernode_auth(tmp_path):
     the three registered SuperNodes run; a fourth with an unregistered key is refused."""
     out = tmp_path / "out"
     procs = Processes(tmp_path / "logs", env={"FEDKT_CACHE": str(tmp_path / "cache")})
-    try:
+    with running(procs):
         fed = Federation(procs, tmp_path, 3, tls=True, auth=True, node_config=node_config(tmp_path))
         fed.start(timeout=RUN_SECONDS + 120)
         for name in ("ca.crt", "ca.key", "server.pem", "server.key", "supernode_0", "supernode_0.pub"):
@@ -207,12 +201,6 @@ def test_deployment_with_tls_and_supernode_auth(tmp_path):
         wait_for(lambda: intruder.poll() is not None, 60, "the unregistered SuperNode to be refused")
         assert intruder.returncode != 0
         assert "Failed to initialize the connection" in procs.log("intruder").read_text()
-    except BaseException:
-        print(procs.logs())
-        raise
-    finally:
-        procs.stop_all()
-    assert procs.leftovers() == []
 
 
 def test_lost_supernode_run_finishes_with_the_others(tmp_path):
@@ -224,7 +212,7 @@ def test_lost_supernode_run_finishes_with_the_others(tmp_path):
     round_timeout = 120  # above the SuperLink's ~60 s offline delay, and far above a round's work
     run_seconds = RUN_SECONDS + 2 * round_timeout  # so that a round 3 that waits still finishes, and fails below
     procs = Processes(tmp_path / "logs", env={"FEDKT_CACHE": str(tmp_path / "cache")})
-    try:
+    with running(procs):
         fed = Federation(procs, tmp_path, 3, node_config=node_config(tmp_path))
         fed.start(timeout=run_seconds + 120)
         run = procs.start("flwr-run", fed.flwr_run_command(
@@ -262,12 +250,6 @@ def test_lost_supernode_run_finishes_with_the_others(tmp_path):
         assert c.shape == (3, 3, 3)
         assert "no test result from client(s) 2" in output
         assert output.count("client 2 (node") == 1 and "nor wait for it" in output  # said once
-    except BaseException:
-        print(procs.logs())
-        raise
-    finally:
-        procs.stop_all()
-    assert procs.leftovers() == []
 
 
 # -- `flwr run` as Flower users try it: federation size, paths, presets, versions (fast) ---------------

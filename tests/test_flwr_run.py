@@ -7,7 +7,7 @@ Processes are started and stopped through tests/deploy_harness.py (tagged; nothi
 
 import json
 
-from deploy_harness import BIN, REPO, Processes, app_copy, free_port, wait_port
+from deploy_harness import BIN, REPO, Processes, app_copy, free_port, running, wait_port
 
 RUN_SECONDS = 240
 
@@ -26,7 +26,7 @@ def test_flwr_run_local_simulation_smoke_preset(tmp_path):
     env = {"FLWR_HOME": str(home), "FEDKT_CACHE": str(tmp_path / "cache"),
            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
     procs = Processes(work, env=env)  # the SuperLink runs in `work`: relative paths are taken from there
-    try:
+    with running(procs):
         link = procs.start("superlink", [BIN / "flower-superlink", "--insecure", "--simulation", "--isolation",
                                          "subprocess", "--control-api-address", f"127.0.0.1:{free_port()}",
                                          "--host", "127.0.0.1", "--port", port], timeout=RUN_SECONDS + 120)
@@ -62,9 +62,3 @@ def test_flwr_run_local_simulation_smoke_preset(tmp_path):
                 "SuperNode); fix: local simulation `flwr run . --federation-config 'num-supernodes=4'`") in output
         assert "the run FAILED before it started" in output
         assert run_dirs(out) == [run]
-    except BaseException:
-        print(procs.logs())
-        raise
-    finally:
-        procs.stop_all()
-    assert procs.leftovers() == []

@@ -30,23 +30,23 @@ from fedkt.train import augment_batch, distill, make_optimizer, predict_logits, 
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def cuda_present(monkeypatch):
-    """torch answers as on a machine with one GPU (nothing is run on it)."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+def _gpus_seen(monkeypatch, count: int):
+    """torch answers as on a machine with `count` GPUs (nothing is run on them)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
     sim.node_gpus.cache_clear()
     yield
     sim.node_gpus.cache_clear()
+
+
+@pytest.fixture
+def cuda_present(monkeypatch):
+    yield from _gpus_seen(monkeypatch, 1)
 
 
 @pytest.fixture
 def cuda_absent(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
-    sim.node_gpus.cache_clear()
-    yield
-    sim.node_gpus.cache_clear()
+    yield from _gpus_seen(monkeypatch, 0)
 
 
 def resources(*overrides):

@@ -12,27 +12,40 @@ from pathlib import Path
 
 from fedkt.faults import parse_injections
 
+# Every list of allowed values, once: the modules that check their own arguments (data, partition, models,
+# train, core) import theirs from here, so a new choice is added in one place.
 ALGORITHMS = ("ktpfl", "fedmd", "local", "fedavg")
+DATASET_NAMES = ("cifar10", "imagefolder", "synthetic")
+RESIZE_MODES = ("resize", "pad", "none")
 SCHEMES = ("type1", "type2", "iid")
+TYPE1_METHODS = ("dirichlet", "lognormal")
 ARCHITECTURES = ("lenet", "alexnet", "resnet18", "shufflenetv2")
+NORMS = ("none", "batch")
+STEMS = ("cifar", "imagenet")
+OBJECTIVES = ("kl", "mse")
+NORMALIZATIONS = ("softmax", "simplex")
+WEIGHTINGS = ("trained", "cosine", "topk")
+DISTILL_LOSSES = ("kl", "l1", "mse")
+TARGET_SHIFTS = ("none", "classes", "prior")
+LR_POLICIES = ("constant", "plateau", "cosine")
 
 CHOICES = {
-    "data.name": ("cifar10", "imagefolder", "synthetic"),
-    "data.resize": ("resize", "pad", "none"),
+    "data.name": DATASET_NAMES,
+    "data.resize": RESIZE_MODES,
     "partition.scheme": SCHEMES,
-    "partition.type1_method": ("dirichlet", "lognormal"),
-    "model.norm": ("none", "batch"),
-    "model.stem": ("cifar", "imagenet"),
+    "partition.type1_method": TYPE1_METHODS,
+    "model.norm": NORMS,
+    "model.stem": STEMS,
     "algorithm.name": ALGORITHMS,
     "algorithm.upload": ("logits", "probs"),
     "algorithm.wire_dtype": ("float32", "float16"),
-    "algorithm.objective": ("kl", "mse"),
-    "algorithm.normalize": ("softmax", "simplex"),
-    "algorithm.weighting": ("trained", "cosine", "topk"),
+    "algorithm.objective": OBJECTIVES,
+    "algorithm.normalize": NORMALIZATIONS,
+    "algorithm.weighting": WEIGHTINGS,
     "algorithm.consensus": ("probs", "logits"),
-    "algorithm.distill_loss": ("kl", "l1", "mse"),
-    "algorithm.target_shift": ("none", "classes", "prior"),
-    "client.lr_policy": ("constant", "plateau", "cosine"),
+    "algorithm.distill_loss": DISTILL_LOSSES,
+    "algorithm.target_shift": TARGET_SHIFTS,
+    "client.lr_policy": LR_POLICIES,
     "algorithm.distill_lr_policy": ("follow", "fixed"),
     "client.state_store": ("disk", "context"),
     "client.distill_guard": ("none", "val"),

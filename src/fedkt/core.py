@@ -28,11 +28,10 @@ With everybody present, both reduce to the plain rules (m_i = 1, q = c).
 import numpy as np
 import torch
 
+from fedkt.config import NORMALIZATIONS, OBJECTIVES, TARGET_SHIFTS, WEIGHTINGS
+
 LOGIT_BOUND = 1e4  # |logit| above this is rejected by check_predictions
 KL_EPS = 1e-12  # floor on s_i inside log (only bites when a row of c has zeros)
-OBJECTIVES = ("kl", "mse")
-NORMALIZATIONS = ("softmax", "simplex")
-WEIGHTINGS = ("trained", "cosine", "topk")
 
 
 # -----------------------------------------------------------------------------
@@ -263,7 +262,6 @@ class KnowledgeCoefficients:
         self.c = c
 
 
-TARGET_SHIFTS = ("none", "classes", "prior")
 
 
 def shift_targets(targets, class_counts, how="classes"):

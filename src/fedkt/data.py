@@ -24,13 +24,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fedkt.config import DATASET_NAMES, RESIZE_MODES
 from fedkt.files import write_atomic
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck"]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
-RESIZE_MODES = ("resize", "pad", "none")
-DATASET_NAMES = ("cifar10", "imagefolder", "synthetic")
 CACHE_VERSION = 1
 CIFAR_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 CIFAR_FILES = CIFAR_BATCHES + ["batches.meta"]

@@ -15,9 +15,8 @@ Weights are drawn from torch's global RNG: call torch.manual_seed first for a re
 import torch
 import torch.nn as nn
 
-ARCHITECTURES = ("lenet", "alexnet", "resnet18", "shufflenetv2")
-NORMS = ("none", "batch")
-STEMS = ("cifar", "imagenet")
+from fedkt.config import ARCHITECTURES, NORMS, STEMS
+
 
 
 def _conv_block(in_channels, out_channels, kernel_size, norm, stride=1, padding=0):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-SCHEMES = ("type1", "type2", "iid")
-TYPE1_METHODS = ("dirichlet", "lognormal")
+from fedkt.config import SCHEMES, TYPE1_METHODS
+
 
 
 @dataclass(eq=False)

@@ -20,6 +20,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from fedkt.config import DISTILL_LOSSES, LR_POLICIES
 from fedkt.models import check_positive_int
 
 # ----------------------------------------------------------------------------------------------
@@ -267,7 +268,6 @@ def predict_logits(model, x, batch_size=512, device=None):
 # ----------------------------------------------------------------------------------------------
 # distillation
 
-DISTILL_LOSSES = ("kl", "l1", "mse")
 
 
 def distillation_loss(student_logits, targets, temperature=1.0, loss="kl"):
@@ -340,7 +340,6 @@ def distill(model, x, targets, optimizer, epochs=1, batch_size=256, temperature=
 # ----------------------------------------------------------------------------------------------
 # learning-rate policy
 
-LR_POLICIES = ("constant", "plateau", "cosine")
 
 
 class LRPolicy:

@@ -164,7 +164,7 @@ def test_checkpoint_holds_no_pickle_and_an_old_pickle_is_refused_unloaded(tmp_pa
     cfg = dict(compose(["experiment=smoke"]), run_dir=str(tmp_path))
     strategy = KnowledgeTransfer(cfg, num_classes=10)
     strategy.coefficients.c = np.random.default_rng(0).dirichlet(np.ones(4), size=4)
-    strategy.targets = {2: (1, np.full((64, 10), 0.1, dtype=np.float32)), 0: (3, np.eye(64, 10, dtype=np.float32))}
+    strategy.server.targets = {2: (1, np.full((64, 10), 0.1, dtype=np.float32)), 0: (3, np.eye(64, 10, dtype=np.float32))}
     strategy.history = [{"round": 1, "mean_test_acc": 0.25, "mean_val_acc": float("nan"), "missing_clients": "1"}]
     strategy.client_rows = [{"round": 1, "partition_id": 0, "architecture": "lenet", "test_acc": 0.5}]
     recorder = RunRecorder(tmp_path, cfg)

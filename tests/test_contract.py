@@ -10,6 +10,7 @@ Each test names the plausible bug it exists to catch:
 """
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -249,3 +250,15 @@ def test_the_distillation_rate_follows_the_learning_rate_policy_unless_fixed(tmp
             assert distill_lr == pytest.approx(expected, rel=1e-9)
             row = next(r for r in fed.strategy.client_rows if r["round"] == rnd and r["partition_id"] == pid)
             assert row["fit_distill_lr"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_every_planted_bug_of_the_audit_still_applies_to_the_code():
+    """scripts/plant_contract_bugs.py plants the bugs these tests exist to catch; each plant's text must still
+    stand exactly once in the code, or the check it stands for silently stops planting anything."""
+    import runpy
+
+    plants = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "plant_contract_bugs.py"))["PLANTS"]
+    assert len(plants) == 11
+    for name, path, old, new in plants:
+        text = (Path(__file__).resolve().parents[1] / path).read_text()
+        assert text.count(old) == 1 and old != new, name

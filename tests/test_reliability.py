@@ -196,3 +196,25 @@ def test_checkpoint_holds_no_pickle_and_an_old_pickle_is_refused_unloaded(tmp_pa
     with pytest.raises(ConfigError, match="pickle written by an older fedkt"):
         resume(old)
     assert not marker.exists()
+
+
+def test_a_crashed_simulation_runtime_ends_the_process_with_the_reason(tmp_path):
+    """When Flower's simulation runtime dies (Ray could not start on a loaded machine: 'The current node timed out
+    during startup'), a worker thread it leaves behind used to keep the process alive forever at exit."""
+    script = tmp_path / "crash.py"
+    script.write_text(
+        "import concurrent.futures, threading, sys\n"
+        "import fedkt.sim\n"
+        "def crashed_runtime(**kwargs):\n"
+        "    pool = concurrent.futures.ThreadPoolExecutor(1)\n"
+        "    pool.submit(threading.Event().wait)  # a thread nobody will ever release, as Flower's ServerApp's\n"
+        "    raise RuntimeError('Simulation Runtime crashed.')\n"
+        "fedkt.sim.run_simulation = crashed_runtime\n"
+        f"sys.argv = ['fedkt.sim', 'experiment=smoke', 'hydra.run.dir={tmp_path / 'run'}']\n"
+        "fedkt.sim.main()\n")
+    env = dict(os.environ, FEDKT_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "the simulation stopped: RuntimeError: Simulation Runtime crashed." in proc.stdout + proc.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "Simulation Runtime crashed" in summary["error"]

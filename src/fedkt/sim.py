@@ -171,6 +171,12 @@ def main(hydra_cfg: DictConfig) -> float | None:
     except FederationError as error:
         log.error("the run stopped: %s", error)
         sys.exit(1)
+    except Exception as error:  # e.g. Ray could not start; summary.json already says "failed" with the reason
+        log.error("the simulation stopped: %s: %s", type(error).__name__, error)
+        # Flower's ServerApp thread outlives a crashed simulation runtime and would keep this process alive
+        # forever at exit (a ThreadPoolExecutor worker it never joins): leave at once, logs flushed
+        logging.shutdown()
+        os._exit(1)
     return summary["final_mean_test_acc"]
 
 

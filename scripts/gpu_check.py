@@ -42,8 +42,7 @@ from fedkt.core import KnowledgeCoefficients, alignment_indices, alignment_seed,
 from fedkt.learner import Learner
 from fedkt.models import build_model
 from fedkt.task import client_data, load_federation, public_data
-from fedkt.train import (evaluate, make_optimizer, pick_device, predict_logits, set_threads, state_from_bytes,
-                         train_epochs)
+from fedkt.train import make_optimizer, pick_device, predict_logits, set_threads, state_from_bytes, train_epochs
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

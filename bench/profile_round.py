@@ -1,0 +1,95 @@
+"""Where a round's time goes: one client of each architecture through the steps of a round, timed one by one,
+and the server's step, for any preset. Prints a markdown table of seconds and shares.
+
+    python bench/profile_round.py --data ../shared/data/cifar10-jpeg.tar.gz --set experiment=quick
+    python bench/profile_round.py --data ../shared/data/cifar10-jpeg.tar.gz --set experiment=paper_cpu partition=type2
+
+It drives the algorithm layer itself (fedkt.learner.Learner, fedkt.aggregation.KnowledgeServer), the code every
+round of a run executes, in this one process with torch's threads set as a client's (client.num_cpus). "set-up"
+is what every Flower message pays before the work: restoring the client (data, model, optimizer, saved state);
+"state" is writing it back. The round is a distilling one (round 2): warm-up is timed separately, as round 1 pays it.
+Compare the shares within one table: absolute seconds depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+from fedkt.aggregation import KnowledgeServer, local_epochs
+from fedkt.config import client_architectures, compose
+from fedkt.learner import Learner, round_seed
+from fedkt.task import load_federation
+
+
+def timed(seconds: dict, name: str, step, *args, **kwargs):
+    start = time.perf_counter()
+    out = step(*args, **kwargs)
+    seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
+    return out
+
+
+def profile_client(cfg: dict, pid: int, server: KnowledgeServer) -> dict:
+    """Seconds of each step of one client: round 1 (warm-up), then a distilling round 2 as a fresh message."""
+    seconds: dict = {}
+    learner = timed(seconds, "set-up", Learner, cfg, pid)
+    timed(seconds, "warm-up (round 1 only)", learner.warm_up, round_seed(cfg["seed"], pid, 1))
+    saved = learner.state_bytes()
+    learner = timed(seconds, "set-up", Learner, cfg, pid, saved)  # round 2's message restores the client
+    seed = round_seed(cfg["seed"], pid, 2)
+    num_classes = load_federation(cfg)[0].num_classes
+    target = np.full((int(cfg["algorithm"]["align_size"]), num_classes), 1.0 / num_classes, dtype=np.float32)
+    timed(seconds, "distillation", learner.distil, target, server.next_seed(1), seed)
+    timed(seconds, "training", learner.train, local_epochs(cfg, 2), seed)
+    timed(seconds, "validation", learner.validate)
+    timed(seconds, "prediction", learner.predict, server.next_seed(2))
+    timed(seconds, "state", learner.state_bytes)
+    evaluator = timed(seconds, "set-up", Learner, cfg, pid, learner.state_bytes())  # the evaluate message
+    timed(seconds, "test", evaluator.test)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="data.root")
+    parser.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. experiment=paper_cpu")
+    args = parser.parse_args()
+    cfg = compose([f"data.root={args.data}", "algorithm=ktpfl", *args.set])
+    cfg = dict(cfg, run_dir=os.path.join("/tmp", "fedkt-profile"))
+    load_federation(cfg)  # decode or read the cache once, outside the timings
+    Learner(cfg, 0).predict(0)  # and the one-time costs of a process (first model, public set, thread pools)
+    server = KnowledgeServer(cfg, load_federation(cfg)[0].num_classes)
+    archs = client_architectures(cfg)
+    first = {arch: archs.index(arch) for arch in dict.fromkeys(archs)}
+    rows = {arch: profile_client(cfg, pid, server) for arch, pid in first.items()}
+
+    n, align = int(cfg["num_clients"]), int(cfg["algorithm"]["align_size"])
+    num_classes = load_federation(cfg)[0].num_classes
+    uploads = {pid: np.random.default_rng(pid).normal(size=(align, num_classes)).astype(np.float32) for pid in range(n)}
+    start = time.perf_counter()
+    server.update(1, uploads)
+    server_seconds = time.perf_counter() - start
+
+    steps = list(dict.fromkeys(k for r in rows.values() for k in r))
+    print(f"{time.strftime('%Y-%m-%d %H:%M')} | {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} | "
+          f"overrides: {' '.join(args.set) or '(defaults)'} | {n} clients, alignment {align}")
+    print("| architecture (clients) | " + " | ".join(steps) + " | round 2 total |")
+    print("|---|" + "---:|" * (len(steps) + 1))
+    round_total = 0.0
+    for arch, sec in rows.items():
+        total = sum(v for k, v in sec.items() if k != "warm-up (round 1 only)")
+        round_total += total * archs.count(arch)
+        print(f"| {arch} ({archs.count(arch)}) | " + " | ".join(f"{sec.get(k, 0):.2f}" for k in steps)
+              + f" | {total:.2f} |")
+    shares = {k: sum(sec.get(k, 0) * archs.count(a) for a, sec in rows.items()) for k in steps}
+    print("| share of a round (all clients) | " + " | ".join(
+        "—" if k.startswith("warm-up") else f"{100 * v / round_total:.0f} %" for k, v in shares.items()) + " | 100 % |")
+    print(f"server step (KT-pFL, {n} clients): {server_seconds:.3f} s = {100 * server_seconds / round_total:.1f} % of the "
+          f"clients' work in one process ({round_total:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()

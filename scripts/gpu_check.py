@@ -4,9 +4,10 @@ or Hydra: the GPU machine this project borrows. One command, a few minutes (docs
     PYTHONPATH=src python3 scripts/gpu_check.py --data .gpu_data/cifar10-jpeg.tar.gz   # on the GPU machine
     PYTHONPATH=src python scripts/gpu_check.py --dry                                   # CPU, tiny (the test suite)
 
-What runs is the clients' and the server's work of KT-pFL without Ray and without Flower: the flower-free
-layers fedkt's KnowledgeClient and KnowledgeTransfer strategy call (task, models, train, core), composed the
-way a round composes them (on the CPU its uploads equal KnowledgeClient.fit's bit for bit: a test checks it).
+What runs is the clients' and the server's work of KT-pFL without Ray and without Flower: the algorithm layer
+that fedkt's KnowledgeClient and KnowledgeTransfer strategy drive (fedkt.learner.Learner for each client round,
+fedkt.aggregation.KnowledgeServer for the server; on the CPU its uploads equal KnowledgeClient.fit's bit for bit:
+a test checks it).
 --workers processes stand for Ray's client actors: each is spawned, sees the GPU as
 the actor with a GPU share of 1/--workers would (cuda:0), uses one CPU thread (client.num_cpus=1), and runs its
 clients one after another, rebuilding each from the state file it wrote the round before. The driver validates

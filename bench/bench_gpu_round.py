@@ -19,7 +19,7 @@ import statistics
 import tempfile
 import time
 
-from fedkt.config import compose
+from fedkt.config import load_config
 from fedkt.sim import run
 from fedkt.task import load_federation
 from fedkt.train import usable_cores
@@ -46,14 +46,14 @@ def main() -> None:
         preset = [] if any(o.startswith("experiment=") for o in args.set) else ["experiment=paper_type1"]
         overrides = [f"data.root={args.data}", *preset, *args.set, f"num_rounds={args.rounds}",
                      f"client.num_gpus={share}", f"client.device={'cuda' if share > 0 else 'cpu'}"]
-        cfg = compose(overrides)
         run_dir = os.path.join(out, f"share{share}")
-        load_federation(dict(cfg, run_dir=run_dir))
+        cfg = load_config(overrides, run_dir=run_dir)
+        load_federation(cfg)
         start = time.time()
         summary = run(cfg, run_dir)
         total = time.time() - start
         seconds = [r["seconds"] for r in json.load(open(os.path.join(run_dir, "metrics.json")))]
-        parallel = min(usable_cores() // max(1, int(cfg["client"]["num_cpus"])), int(1 / share) if share else 10**6)
+        parallel = min(usable_cores() // max(1, cfg.client.num_cpus), int(1 / share) if share else 10**6)
         rows.append((share, parallel, seconds[0], statistics.median(seconds[1:] or seconds), total,
                      summary["final_mean_test_acc"]))
     device = torch.cuda.get_device_name(0) if cuda else "no GPU"

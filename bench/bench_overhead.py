@@ -21,23 +21,23 @@ import time
 import numpy as np
 
 from fedkt.aggregation import KnowledgeServer, local_epochs
-from fedkt.config import compose
+from fedkt.config import RunConfig, load_config
 from fedkt.learner import Learner
 from fedkt.sim import run
 from fedkt.task import load_federation
 from fedkt.train import set_threads
 
 
-def bare_loop(cfg: dict) -> tuple[list[float], float, list[float]]:
+def bare_loop(cfg: RunConfig) -> tuple[list[float], float, list[float]]:
     """Rounds of the configured algorithm with every client in this process, one after another (all cores to
     torch); each client's state passes between rounds as bytes, as between short-lived ClientApps."""
     set_threads()
     start = time.time()
-    n = int(cfg["num_clients"])
+    n = cfg.num_clients
     server = KnowledgeServer(cfg, num_classes=load_federation(cfg)[0].num_classes)
     states: dict[int, bytes] = {}
     seconds, accs = [], []
-    for rnd in range(1, int(cfg["num_rounds"]) + 1):
+    for rnd in range(1, cfg.num_rounds + 1):
         t0 = time.time()
         uploads = {}
         for pid in range(n):
@@ -64,18 +64,18 @@ def main() -> None:
     overrides = [f"data.root={args.data}", f"num_rounds={args.rounds}", "data.samples_per_client=400",
                  "algorithm.align_size=500", *args.set]
     out = tempfile.mkdtemp(prefix="fedkt-overhead-")
-    cfg = compose(overrides)
-    load_federation(dict(cfg, run_dir=out))  # decode/cache once, outside both timings
+    cfg = load_config(overrides)
+    load_federation(cfg.replace(run_dir=out))  # decode/cache once, outside both timings
 
     t0 = time.time()
     summary = run(cfg, os.path.join(out, "sim"))
     sim_total = time.time() - t0
     sim_rounds = [r["seconds"] for r in json.load(open(os.path.join(out, "sim", "metrics.json")))]
-    bare_rounds, bare_total, bare_accs = bare_loop(dict(cfg, run_dir=os.path.join(out, "bare")))
+    bare_rounds, bare_total, bare_accs = bare_loop(cfg.replace(run_dir=os.path.join(out, "bare")))
 
     print(f"{time.strftime('%Y-%m-%d %H:%M')} | {platform.processor() or platform.machine()} | "
-          f"{os.cpu_count()} cores | {cfg['num_clients']} clients ({cfg['model']['architectures']}, stem "
-          f"{cfg['model']['stem']}) | {args.rounds} rounds | overrides: {' '.join(overrides[1:])}")
+          f"{os.cpu_count()} cores | {cfg.num_clients} clients ({cfg.model.architectures}, stem "
+          f"{cfg.model.stem}) | {args.rounds} rounds | overrides: {' '.join(overrides[1:])}")
     print("| round | simulation s | bare loop s | ratio |")
     print("|---:|---:|---:|---:|")
     for i, (s, b) in enumerate(zip(sim_rounds, bare_rounds), 1):

@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 
-from fedkt.config import compose
+from fedkt.config import load_config
 from fedkt.sim import run
 from fedkt.task import load_federation
 
@@ -66,8 +66,8 @@ def main() -> None:
         overrides = [f"data.root={args.data}", f"num_clients={n}", f"num_rounds={args.rounds}",
                      "model.architectures=lenet", f"data.samples_per_client={args.samples}",
                      "algorithm.align_size=500", "client.batch_size=16"]
-        cfg = compose(overrides)
-        load_federation(dict(cfg, run_dir=out))
+        cfg = load_config(overrides, run_dir=out)
+        load_federation(cfg)
         monitor = PeakMemory()
         monitor.start()
         t0 = time.time()

@@ -14,7 +14,7 @@ import statistics
 import tempfile
 import time
 
-from fedkt.config import compose
+from fedkt.config import load_config
 from fedkt.sim import run
 from fedkt.task import load_federation
 
@@ -30,11 +30,11 @@ def main() -> None:
                  f"model.architectures={args.arch}", "model.stem=imagenet", "data.samples_per_client=200",
                  "algorithm.align_size=200", "client.warmup_epochs=0"]
     out = tempfile.mkdtemp(prefix="fedkt-state-")
-    load_federation(dict(compose(overrides), run_dir=out))
+    load_federation(load_config(overrides, run_dir=out))
     rows = {}
     for store in ("disk", "context", "disk", "context"):  # twice each, interleaved, against drift
         t0 = time.time()
-        summary = run(compose([*overrides, f"client.state_store={store}"]), os.path.join(out, f"{store}-{len(rows)}"))
+        summary = run(load_config([*overrides, f"client.state_store={store}"]), os.path.join(out, f"{store}-{len(rows)}"))
         rounds = [r["seconds"] for r in json.load(open(os.path.join(out, f"{store}-{len(rows)}", "metrics.json")))]
         rows[f"{store}-{len(rows)}"] = (store, statistics.median(rounds[1:]), time.time() - t0,
                                         summary["final_mean_test_acc"])

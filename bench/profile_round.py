@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from fedkt.aggregation import KnowledgeServer, local_epochs
-from fedkt.config import client_architectures, compose
+from fedkt.config import RunConfig, load_config
 from fedkt.learner import Learner, round_seed
 from fedkt.task import load_federation
 
@@ -32,16 +32,16 @@ def timed(seconds: dict, name: str, step, *args, **kwargs):
     return out
 
 
-def profile_client(cfg: dict, pid: int, server: KnowledgeServer) -> dict:
+def profile_client(cfg: RunConfig, pid: int, server: KnowledgeServer) -> dict:
     """Seconds of each step of one client: round 1 (warm-up), then a distilling round 2 as a fresh message."""
     seconds: dict = {}
     learner = timed(seconds, "set-up", Learner, cfg, pid)
-    timed(seconds, "warm-up (round 1 only)", learner.warm_up, round_seed(cfg["seed"], pid, 1))
+    timed(seconds, "warm-up (round 1 only)", learner.warm_up, round_seed(cfg.seed, pid, 1))
     saved = learner.state_bytes()
     learner = timed(seconds, "set-up", Learner, cfg, pid, saved)  # round 2's message restores the client
-    seed = round_seed(cfg["seed"], pid, 2)
+    seed = round_seed(cfg.seed, pid, 2)
     num_classes = load_federation(cfg)[0].num_classes
-    target = np.full((int(cfg["algorithm"]["align_size"]), num_classes), 1.0 / num_classes, dtype=np.float32)
+    target = np.full((cfg.algorithm.align_size, num_classes), 1.0 / num_classes, dtype=np.float32)
     timed(seconds, "distillation", learner.distil, target, server.next_seed(1), seed)
     timed(seconds, "training", learner.train, local_epochs(cfg, 2), seed)
     timed(seconds, "validation", learner.validate)
@@ -57,16 +57,16 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="data.root")
     parser.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. experiment=paper_cpu")
     args = parser.parse_args()
-    cfg = compose([f"data.root={args.data}", "algorithm=ktpfl", *args.set])
-    cfg = dict(cfg, run_dir=os.path.join("/tmp", "fedkt-profile"))
+    cfg = load_config([f"data.root={args.data}", "algorithm=ktpfl", *args.set],
+                      run_dir=os.path.join("/tmp", "fedkt-profile"))
     load_federation(cfg)  # decode or read the cache once, outside the timings
     Learner(cfg, 0).predict(0)  # and the one-time costs of a process (first model, public set, thread pools)
     server = KnowledgeServer(cfg, load_federation(cfg)[0].num_classes)
-    archs = client_architectures(cfg)
+    archs = cfg.architectures
     first = {arch: archs.index(arch) for arch in dict.fromkeys(archs)}
     rows = {arch: profile_client(cfg, pid, server) for arch, pid in first.items()}
 
-    n, align = int(cfg["num_clients"]), int(cfg["algorithm"]["align_size"])
+    n, align = cfg.num_clients, cfg.algorithm.align_size
     num_classes = load_federation(cfg)[0].num_classes
     uploads = {pid: np.random.default_rng(pid).normal(size=(align, num_classes)).astype(np.float32) for pid in range(n)}
     start = time.perf_counter()

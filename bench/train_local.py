@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from fedkt.config import compose
+from fedkt.config import load_config
 from fedkt.models import build_model
 from fedkt.task import client_data, load_federation
 from fedkt.train import evaluate, make_optimizer, pick_device, set_threads, train_epochs
@@ -28,25 +28,25 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. partition=type2 model.norm=batch")
     args = parser.parse_args()
 
-    cfg = compose([f"data.root={args.data}", *args.set])
-    c = cfg["client"]
+    cfg = load_config([f"data.root={args.data}", *args.set])
+    c = cfg.client
     set_threads()
-    device = pick_device(c["device"])
+    device = pick_device(c.device)
     data = client_data(cfg, args.client)
     print(f"client {args.client}: {len(data.y_train)} train / {len(data.y_val)} val / {len(data.y_test)} test images, "
-          f"partition {cfg['partition']['scheme']}, stem {cfg['model']['stem']}, norm {cfg['model']['norm']}, "
-          f"lr {c['lr']}, batch {c['batch_size']}, device {device}")
+          f"partition {cfg.partition.scheme}, stem {cfg.model.stem}, norm {cfg.model.norm}, "
+          f"lr {c.lr}, batch {c.batch_size}, device {device}")
     print("| architecture | epoch | train acc | val acc | test acc | seconds |")
     print("|---|---:|---:|---:|---:|---:|")
     for arch in args.archs.split(","):
-        torch.manual_seed(cfg["seed"])
-        model = build_model(arch, num_classes=load_federation(cfg)[0].num_classes, norm=cfg["model"]["norm"],
-                            stem=cfg["model"]["stem"]).to(device)
-        optimizer = make_optimizer(model, c["lr"], momentum=c["momentum"], weight_decay=c["weight_decay"])
+        torch.manual_seed(cfg.seed)
+        model = build_model(arch, num_classes=load_federation(cfg)[0].num_classes, norm=cfg.model.norm,
+                            stem=cfg.model.stem).to(device)
+        optimizer = make_optimizer(model, c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
         start = time.time()
         for epoch in range(1, args.epochs + 1):
-            train = train_epochs(model, data.x_train, data.y_train, optimizer, 1, c["batch_size"], device,
-                                 augment=c["augment"], seed=epoch)
+            train = train_epochs(model, data.x_train, data.y_train, optimizer, 1, c.batch_size, device,
+                                 augment=c.augment, seed=epoch)
             _, val_acc = evaluate(model, data.x_val, data.y_val, device=device)
             _, test_acc = evaluate(model, data.x_test, data.y_test, device=device)
             print(f"| {arch} | {epoch} | {train['acc']:.3f} | {val_acc:.3f} | {test_acc:.3f} | {time.time() - start:.1f} |")

@@ -25,6 +25,7 @@ coefficient update's time on CPU and on the device. --out FILE writes all of it 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -38,7 +39,7 @@ import torch
 import yaml
 
 from fedkt.aggregation import KnowledgeServer, local_epochs
-from fedkt.config import client_architectures, validate
+from fedkt.config import RunConfig, build_config
 from fedkt.core import KnowledgeCoefficients, alignment_indices, alignment_seed, check_predictions, soft_predictions
 from fedkt.learner import Learner
 from fedkt.models import build_model
@@ -73,7 +74,7 @@ def _yaml(path: Path) -> dict:
     return {k: v for k, v in cfg.items() if k not in ("defaults", "hydra")}
 
 
-def check_config(args) -> dict:
+def check_config(args) -> RunConfig:
     """conf/config.yaml + algorithm=ktpfl + experiment=paper_type1, as `python -m fedkt.sim` composes them,
     then the check's own settings (--dry: tiny synthetic data on the CPU)."""
     cfg = _yaml(CONF / "config.yaml")
@@ -93,18 +94,18 @@ def check_config(args) -> dict:
     if args.clients:
         cfg["num_clients"] = args.clients
     cfg["run_dir"] = str(args.work / "run")
-    validate(cfg)
-    return cfg
+    return build_config(cfg)
 
 
 # -- one client's round, in a worker process (Ray's client actor) ---------------------------------------
 
-_CFG: dict = {}
+_CFG: RunConfig | None = None  # the worker's config, set by _init_worker
 
 
-def _init_worker(cfg: dict) -> None:
-    _CFG.update(cfg)
-    set_threads(int(cfg["client"]["num_cpus"]))
+def _init_worker(cfg: RunConfig) -> None:
+    global _CFG
+    _CFG = cfg
+    set_threads(cfg.client.num_cpus)
 
 
 def client_round(job: tuple) -> dict:
@@ -114,10 +115,10 @@ def client_round(job: tuple) -> dict:
     pid, rnd, target, target_seed, next_seed = job
     cfg = _CFG
     start = time.perf_counter()
-    device = pick_device(cfg["client"]["device"])
+    device = pick_device(cfg.client.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    state_file = Path(cfg["run_dir"]) / f"client_{pid:04d}.pt"
+    state_file = Path(cfg.run_dir) / f"client_{pid:04d}.pt"
     learner = Learner(cfg, pid, state_file.read_bytes() if state_file.exists() else None)
     seen = set()
     hook = learner.model.register_forward_pre_hook(lambda module, inputs: seen.add(str(inputs[0].device)))
@@ -128,7 +129,7 @@ def client_round(job: tuple) -> dict:
     state_file.write_bytes(learner.state_bytes())
     placed = {t.device.type for t in [*learner.model.parameters(), *learner.model.buffers()]}
     placed |= {v.device.type for s in learner.optimizer.state.values() for v in s.values() if torch.is_tensor(v)}
-    probs = np.asarray(soft_predictions(uploads[0].astype(np.float32), float(cfg["algorithm"]["temperature"])))
+    probs = np.asarray(soft_predictions(uploads[0].astype(np.float32), cfg.algorithm.temperature))
     return {"pid": pid, "arch": learner.architecture, "upload": uploads[0], "probs": probs,
             "train_loss": metrics["train_loss"], "val_acc": metrics["val_acc"],
             "seconds": time.perf_counter() - start, "placed": sorted(placed), "inputs": sorted(seen),
@@ -139,8 +140,8 @@ def client_round(job: tuple) -> dict:
 
 # -- the driver: the server's side, and the checks ---------------------------------------------------------
 
-def run_rounds(cfg: dict, workers: int) -> tuple[list[dict], list[dict]]:
-    n, rounds = int(cfg["num_clients"]), int(cfg["num_rounds"])
+def run_rounds(cfg: RunConfig, workers: int) -> tuple[list[dict], list[dict]]:
+    n, rounds = cfg.num_clients, cfg.num_rounds
     server = KnowledgeServer(cfg, num_classes=load_federation(cfg)[0].num_classes)  # the strategy's own server side
     history, last = [], []
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked processes
@@ -155,7 +156,7 @@ def run_rounds(cfg: dict, workers: int) -> tuple[list[dict], list[dict]]:
             for r in results:
                 why = server.check_upload([r["upload"]])
                 check(why is None, f"client {r['pid']} ({r['arch']}) uploaded bad predictions: {why}")
-                why = check_predictions(r["probs"], int(cfg["algorithm"]["align_size"]), r["probs"].shape[1], "probs")
+                why = check_predictions(r["probs"], cfg.algorithm.align_size, r["probs"].shape[1], "probs")
                 check(why is None, f"client {r['pid']} ({r['arch']}) uploaded bad predictions: {why}")
                 check(r["placed"] == [r["device"].split(":")[0]],
                       f"client {r['pid']} ({r['arch']}): parameters/buffers/optimizer state on {r['placed']}")
@@ -174,7 +175,7 @@ def run_rounds(cfg: dict, workers: int) -> tuple[list[dict], list[dict]]:
     return history, last
 
 
-def state_loads_on_cpu(cfg: dict, results: list[dict]) -> dict:
+def state_loads_on_cpu(cfg: RunConfig, results: list[dict]) -> dict:
     """Each architecture's first client: its state file (written on the device) into a CPU model, which must
     predict what the device predicted."""
     out = {}
@@ -182,13 +183,13 @@ def state_loads_on_cpu(cfg: dict, results: list[dict]) -> dict:
     for arch in dict.fromkeys(r["arch"] for r in results):
         r = next(r for r in results if r["arch"] == arch)
         model = build_model(arch, num_classes=r["probs"].shape[1], in_channels=x_public.shape[1],
-                            norm=cfg["model"]["norm"], stem=cfg["model"]["stem"])
-        state_from_bytes((Path(cfg["run_dir"]) / f"client_{r['pid']:04d}.pt").read_bytes(), model)
+                            norm=cfg.model.norm, stem=cfg.model.stem)
+        state_from_bytes((Path(cfg.run_dir) / f"client_{r['pid']:04d}.pt").read_bytes(), model)
         check({p.device.type for p in model.parameters()} == {"cpu"}, f"{arch}: state did not load on the CPU")
-        idx = alignment_indices(len(x_public), int(cfg["algorithm"]["align_size"]),
-                                alignment_seed(cfg["seed"], int(cfg["num_rounds"])))
+        idx = alignment_indices(len(x_public), cfg.algorithm.align_size,
+                                alignment_seed(cfg.seed, cfg.num_rounds))
         cpu = soft_predictions(predict_logits(model, x_public[idx], device="cpu"),
-                               float(cfg["algorithm"]["temperature"])).numpy()
+                               cfg.algorithm.temperature).numpy()
         diff = float(np.abs(cpu - r["probs"]).max())
         agree = float((cpu.argmax(1) == r["probs"].argmax(1)).mean())
         # same weights, other kernels (TF32 convolutions on the GPU): the same classes, probabilities close
@@ -198,31 +199,31 @@ def state_loads_on_cpu(cfg: dict, results: list[dict]) -> dict:
     return out
 
 
-def one_client_twice(cfg: dict, pid: int, device: str) -> dict:
+def one_client_twice(cfg: RunConfig, pid: int, device: str) -> dict:
     """Client `pid`'s first round from scratch (same seed) on `device`, in this process."""
-    cfg = dict(cfg, client=dict(cfg["client"], device=device),
-               run_dir=tempfile.mkdtemp(prefix="fedkt-gpu-check-one-"))
+    cfg = dataclasses.replace(cfg, client=dataclasses.replace(cfg.client, device=device),
+                              run_dir=tempfile.mkdtemp(prefix="fedkt-gpu-check-one-"))
     _init_worker(cfg)
     return client_round((pid, 1, None, -1, KnowledgeServer(cfg, 10).next_seed(1)))
 
 
-def shard_placement_timing(cfg: dict, pid: int, device: str) -> dict:
+def shard_placement_timing(cfg: RunConfig, pid: int, device: str) -> dict:
     """Seconds of one private epoch of client `pid` with its shard on the CPU (batches copied to the device one
     at a time, as the clients do) and with the shard moved to the device once, side by side."""
-    set_threads(int(cfg["client"]["num_cpus"]))
+    set_threads(cfg.client.num_cpus)
     data, device = client_data(cfg, pid), pick_device(device)
     out = {}
     for where in ("cpu", "device"):
         x, y = (data.x_train, data.y_train) if where == "cpu" else (data.x_train.to(device), data.y_train.to(device))
         torch.manual_seed(0)
-        model = build_model(client_architectures(cfg)[pid], num_classes=load_federation(cfg)[0].num_classes,
+        model = build_model(cfg.architectures[pid], num_classes=load_federation(cfg)[0].num_classes,
                             in_channels=x.shape[1],
-                            norm=cfg["model"]["norm"], stem=cfg["model"]["stem"]).to(device)
-        optimizer = make_optimizer(model, float(cfg["client"]["lr"]))
+                            norm=cfg.model.norm, stem=cfg.model.stem).to(device)
+        optimizer = make_optimizer(model, cfg.client.lr)
         for timed in (False, True):  # the first epoch warms kernels and the allocator up
             start = time.perf_counter()
-            train_epochs(model, x, y, optimizer, epochs=1, batch_size=int(cfg["client"]["batch_size"]),
-                         device=device, augment=bool(cfg["client"]["augment"]), seed=0)
+            train_epochs(model, x, y, optimizer, epochs=1, batch_size=cfg.client.batch_size,
+                         device=device, augment=cfg.client.augment, seed=0)
             if timed:
                 out[where] = time.perf_counter() - start
     return out
@@ -266,9 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = check_config(args)
     start = time.perf_counter()
     load_federation(cfg)  # decode the data once into the cache, before the workers read it
-    print(f"data: {cfg['data']['name']}, {int(cfg['num_clients'])} clients, {time.perf_counter() - start:.1f} s",
+    print(f"data: {cfg.data.name}, {cfg.num_clients} clients, {time.perf_counter() - start:.1f} s",
           flush=True)
-    report: dict = {"device": str(device), "device_name": name, "torch": torch.__version__, "cfg": cfg}
+    report: dict = {"device": str(device), "device_name": name, "torch": torch.__version__, "cfg": cfg.to_dict()}
     report["rounds"], results = run_rounds(cfg, args.workers)
     report["state_on_cpu"] = state_loads_on_cpu(cfg, results)
     print("state written on the device, loaded on the CPU (max |prob diff|, argmax agreement): " + ", ".join(
@@ -291,23 +292,23 @@ def main(argv: list[str] | None = None) -> int:
           f"{report['one_client']['repeat_max_abs_prob_diff']:.2e}; {args.device} vs cpu max |prob diff| "
           f"{report['one_client']['cpu_max_abs_prob_diff']:.2e}, argmax agreement "
           f"{report['one_client']['cpu_argmax_agreement']:.4f}")
-    resnet = next((p for p, a in enumerate(client_architectures(cfg)) if a == "resnet18"), 0)
+    resnet = next((p for p, a in enumerate(cfg.architectures) if a == "resnet18"), 0)
     report["shard_epoch_seconds"] = shard_placement_timing(cfg, resnet, args.device)
-    print(f"one epoch of client {resnet} ({client_architectures(cfg)[resnet]}) with its shard on the cpu (batches "
+    print(f"one epoch of client {resnet} ({cfg.architectures[resnet]}) with its shard on the cpu (batches "
           f"copied one at a time) {report['shard_epoch_seconds']['cpu']:.2f} s, moved to {args.device} once "
           f"{report['shard_epoch_seconds']['device']:.2f} s")
-    sizes = [(int(cfg["num_clients"]), int(cfg["algorithm"]["align_size"]), int(cfg["algorithm"]["coef_steps"]))]
+    sizes = [(cfg.num_clients, cfg.algorithm.align_size, cfg.algorithm.coef_steps)]
     sizes += [] if args.dry else [(1000, 5000, 1)]
     report["coefficient_update_seconds"] = {f"N={n},M={m},steps={k}": coefficient_timing(args.device, n, m, k)
                                             for n, m, k in sizes}
     for key, seconds in report["coefficient_update_seconds"].items():
         print(f"coefficient update (KL) {key}: " + ", ".join(f"{d} {s:.3f} s" for d, s in seconds.items()))
     later = [h["seconds"] for h in report["rounds"][1:]] or [report["rounds"][0]["seconds"]]
-    print(f"SECONDS PER ROUND ({int(cfg['num_clients'])} clients, align {cfg['algorithm']['align_size']}, "
+    print(f"SECONDS PER ROUND ({cfg.num_clients} clients, align {cfg.algorithm.align_size}, "
           f"{args.workers} workers on {name}): round 1 {report['rounds'][0]['seconds']:.1f}, "
           f"later {np.median(later):.1f}")
     if args.out:
-        report["cfg"] = {k: v for k, v in cfg.items()}
+        report["cfg"] = cfg.to_dict()
         args.out.write_text(json.dumps(report, indent=1, default=str))
     print("GPU CHECK PASSED" if device.type == "cuda" else "DRY CHECK PASSED")
     return 0

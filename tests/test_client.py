@@ -8,12 +8,12 @@ from flwr.common import Context
 
 import fedkt.client_app as client_app
 import fedkt.learner as learner
-from fedkt.config import ConfigError, compose, validate
+from fedkt.config import ConfigError, build_config, compose, load_config
 
 
 def make_client(tmp_path, monkeypatch, *overrides, partition_id=1):
     monkeypatch.setenv("FEDKT_CACHE", str(tmp_path / "cache"))
-    cfg = dict(compose(["experiment=smoke", *overrides]), run_dir=str(tmp_path))
+    cfg = load_config(["experiment=smoke", *overrides], run_dir=str(tmp_path))
     context = Context(run_id=0, node_id=7, node_config={"partition-id": partition_id}, state=RecordDict(),
                       run_config={})
     return client_app.KnowledgeClient(cfg, context)
@@ -49,9 +49,9 @@ def test_target_shift_needs_probability_targets():
     cfg = compose(["algorithm=fedmd", "algorithm.consensus=logits", "algorithm.distill_loss=l1",
                    "algorithm.target_shift=prior"])
     with pytest.raises(ConfigError, match="algorithm.target_shift=prior"):
-        validate(cfg)
+        build_config(cfg)
     with pytest.raises(ConfigError, match="algorithm.target_shift"):
-        validate(compose(["algorithm.target_shift=mine"]))
+        build_config(compose(["algorithm.target_shift=mine"]))
 
 
 def swamped_client(tmp_path, monkeypatch, guard):

@@ -22,7 +22,7 @@ from test_strategy import FakeProxy
 
 import fedkt.client_app as client_app
 import fedkt.learner as learner
-from fedkt.config import compose
+from fedkt.config import load_config
 from fedkt.data import normalize
 from fedkt.strategy import KnowledgeTransfer
 from fedkt.task import load_federation, normalization_stats, public_data
@@ -38,8 +38,8 @@ class Federation:
 
     def __init__(self, tmp_path, monkeypatch, *overrides):
         monkeypatch.setenv("FEDKT_CACHE", str(tmp_path / "cache"))
-        self.cfg = dict(compose(["experiment=smoke", f"num_clients={N}", "data.public_size=200",
-                                 "algorithm.align_size=48", *overrides]), run_dir=str(tmp_path))
+        self.cfg = load_config(["experiment=smoke", f"num_clients={N}", "data.public_size=200",
+                                 "algorithm.align_size=48", *overrides], run_dir=str(tmp_path))
         self.strategy = KnowledgeTransfer(self.cfg, num_classes=10)
         self.manager = SimpleClientManager()
         self.proxies = {f"node-{pid * 37 + 11}": FakeProxy(f"node-{pid * 37 + 11}", pid) for pid in range(N)}
@@ -222,7 +222,7 @@ def test_each_fit_starts_where_the_last_one_ended_and_warms_up_once(tmp_path, mo
             assert len(fed.seen[("train", rnd, pid)]) == 1  # no second warm-up
             assert_same_state(started[(rnd, pid)], ended[(rnd - 1, pid)])
             assert started[(rnd, pid)]["policy"]["steps"] == rnd - 1
-        assert ended[(1, pid)]["policy"]["lr"] < fed.cfg["client"]["lr"]  # the cosine policy moved the lr
+        assert ended[(1, pid)]["policy"]["lr"] < fed.cfg.client.lr  # the cosine policy moved the lr
 
 
 # -- the distillation rate follows the adaptive policy ------------------------------------------------

@@ -17,7 +17,7 @@ import pytest
 
 from deploy_harness import REPO, Federation, Processes, running, wait_for
 from fedkt.app_config import cfg_from_run_config, check_data_root, check_federation_size, client_cfg
-from fedkt.config import ConfigError, flatten, synthetic_data_note, unflatten
+from fedkt.config import ConfigError, build_config, flatten, synthetic_data_note, unflatten
 from fedkt.deploy import (APP_CONFIG_MARKER, PRESETS, app_config_table, main, run_config_overrides, write_app_config,
                           write_presets)
 from fedkt.server_app import warn_runtime_install
@@ -90,7 +90,7 @@ def test_fab_holds_the_code_and_config_only():
 
 def test_server_config_from_run_config():
     cfg = cfg_from_run_config(app_config())
-    assert cfg["client"]["lr"] == 0.02 and cfg["data"]["num_classes"] == 10
+    assert cfg.client.lr == 0.02 and cfg.data.num_classes == 10
     with pytest.raises(ConfigError, match="client.lr"):
         cfg_from_run_config({**app_config(), "client.lr": -1.0})
     with pytest.raises(ConfigError, match="data.num_classes"):
@@ -105,9 +105,9 @@ def test_client_config_from_node_config(tmp_path):
     node = {"partition-id": 2, "num-partitions": 3, "data-root": str(tmp_path / "site"),
             "data-name": "imagefolder", "state-dir": str(tmp_path / "state")}
     cfg = client_cfg(run, node, run_id=7)
-    assert cfg["data"]["root"] == str(tmp_path / "site") and cfg["data"]["name"] == "imagefolder"
-    assert cfg["run_dir"] == str(tmp_path / "state" / "run_7")
-    assert cfg["num_clients"] == 3 and cfg["client"]["lr"] == 0.02
+    assert cfg.data.root == str(tmp_path / "site") and cfg.data.name == "imagefolder"
+    assert cfg.run_dir == str(tmp_path / "state" / "run_7")
+    assert cfg.num_clients == 3 and cfg.client.lr == 0.02
     with pytest.raises(ConfigError, match="num-partitions=4.*num_clients=3"):
         client_cfg(run, {**node, "num-partitions": 4}, run_id=7)
     with pytest.raises(ConfigError, match="partition-id"):
@@ -276,13 +276,13 @@ def test_relative_paths_resolve_against_the_working_folder(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     run = {**app_config(), "data.root": "cifar", "data.cache_dir": "cache", "output_dir": "out"}
     cfg = cfg_from_run_config(run)
-    assert cfg["data"]["root"] == str(tmp_path / "cifar") and cfg["output_dir"] == str(tmp_path / "out")
-    assert cfg["data"]["cache_dir"] == str(tmp_path / "cache")
-    assert cfg_from_run_config(app_config())["data"]["cache_dir"] == ""  # "" keeps meaning the default cache
+    assert cfg.data.root == str(tmp_path / "cifar") and cfg.output_dir == str(tmp_path / "out")
+    assert cfg.data.cache_dir == str(tmp_path / "cache")
+    assert cfg_from_run_config(app_config()).data.cache_dir == ""  # "" keeps meaning the default cache
     node = client_cfg({**run, "num_clients": 2, "model.architectures": "lenet"},
                       {"partition-id": 0, "num-partitions": 2}, run_id=5)
-    assert node["data"]["root"] == str(tmp_path / "cifar")
-    assert node["run_dir"] == str(tmp_path / "out" / "client-state" / "run_5")
+    assert node.data.root == str(tmp_path / "cifar")
+    assert node.run_dir == str(tmp_path / "out" / "client-state" / "run_5")
     # a data.root that is not there stops a simulation at once, saying where it looked and the fix
     with pytest.raises(ConfigError, match=r"data.root='cifar' is not there \(looked for .*cifar; relative paths "
                                           r"are taken from the folder the SuperLink was started in") as error:
@@ -320,10 +320,10 @@ def test_preset_files_are_generated_from_conf(tmp_path):
 
 
 def test_smoke_with_a_data_root_says_it_uses_generated_data():
-    cfg = unflatten({**app_config(), "data.name": "synthetic", "data.root": "/data/cifar"})
+    cfg = build_config(unflatten({**app_config(), "data.name": "synthetic", "data.root": "/data/cifar"}))
     assert "does not read data.root=/data/cifar" in synthetic_data_note(cfg)
-    assert synthetic_data_note(unflatten({**app_config(), "data.name": "synthetic"})) is None
-    assert synthetic_data_note(unflatten({**app_config(), "data.root": "/data/cifar"})) is None
+    assert synthetic_data_note(build_config(unflatten({**app_config(), "data.name": "synthetic"}))) is None
+    assert synthetic_data_note(build_config(unflatten({**app_config(), "data.root": "/data/cifar"}))) is None
 
 
 def test_flower_is_pinned_to_the_version_the_suite_runs_on():

@@ -9,7 +9,7 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 from flwr.server.client_manager import SimpleClientManager
 from flwr.server.strategy import FedAvg
 
-from fedkt.config import ConfigError, compose, validate
+from fedkt.config import ConfigError, build_config, compose, load_config
 from fedkt.fedavg import FederatedAveraging, make_strategy
 from fedkt.report import write_report
 from fedkt.strategy import KnowledgeTransfer
@@ -18,10 +18,10 @@ from test_strategy import FakeProxy, eval_res
 
 
 def test_fedavg_is_flowers_fedavg_weighted_by_samples_and_recorded_per_client():
-    cfg = compose(["algorithm=fedavg", "experiment=smoke"])
+    cfg = load_config(["algorithm=fedavg", "experiment=smoke"])
     strategy = make_strategy(cfg, num_classes=10)
     assert isinstance(strategy, FederatedAveraging) and isinstance(strategy.fedavg, FedAvg)
-    assert isinstance(make_strategy(compose(["experiment=smoke"]), num_classes=10), KnowledgeTransfer)
+    assert isinstance(make_strategy(load_config(["experiment=smoke"]), num_classes=10), KnowledgeTransfer)
     initial = parameters_to_ndarrays(strategy.initialize_parameters(None))
     assert [a.shape for a in initial] == [a.shape for a in strategy.global_arrays]
     manager = SimpleClientManager()
@@ -54,8 +54,8 @@ def test_fedavg_is_flowers_fedavg_weighted_by_samples_and_recorded_per_client():
 
 def test_fedavg_refuses_clients_of_several_architectures():
     with pytest.raises(ConfigError, match="algorithm.name=fedavg.*2 architectures.*model.architectures=lenet"):
-        validate(compose(["algorithm=fedavg", "experiment=smoke", "model.architectures=[lenet,alexnet]"]))
-    validate(compose(["algorithm=fedavg", "experiment=smoke"]))
+        build_config(compose(["algorithm=fedavg", "experiment=smoke", "model.architectures=[lenet,alexnet]"]))
+    build_config(compose(["algorithm=fedavg", "experiment=smoke"]))
 
 
 def test_fedavg_smoke_run_writes_the_records_figures_and_report(tmp_path):

@@ -23,7 +23,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from fedkt import sim
 from fedkt.app_config import cfg_from_run_config
-from fedkt.config import ConfigError, check_ray_resources, compose, flatten, gpus_per_client, validate
+from fedkt.config import ConfigError, build_config, check_ray_resources, compose, flatten, gpus_per_client, load_config
 from fedkt.models import ARCHITECTURES, build_model
 from fedkt.train import augment_batch, distill, make_optimizer, predict_logits, train_epochs
 
@@ -50,9 +50,8 @@ def cuda_absent(monkeypatch):
 
 
 def resources(*overrides):
-    cfg = compose(["experiment=smoke", *overrides])
-    validate(cfg)
-    check_ray_resources(cfg, sim.node_gpus(str(cfg["ray"]["address"])))
+    cfg = load_config(["experiment=smoke", *overrides])
+    check_ray_resources(cfg, sim.node_gpus(cfg.ray.address))
     return sim.backend_config(cfg)["client_resources"]
 
 
@@ -73,11 +72,11 @@ def test_resource_request_without_cuda(cuda_absent, device, share):
 
 def test_bug2_device_cpu_asks_for_no_gpu_share(cuda_present):
     """Bug 2: with client.device=cpu on a GPU machine every client asked Ray for 0.25 GPU (4 actors at most)."""
-    assert sim.backend_config(compose(["client.device=cpu"]))["client_resources"]["num_gpus"] == 0.0
+    assert sim.backend_config(load_config(["client.device=cpu"]))["client_resources"]["num_gpus"] == 0.0
 
 
 def test_local_ray_gets_the_gpus_torch_sees(cuda_present):
-    assert sim.backend_config(compose([]))["init_args"]["num_gpus"] == 1
+    assert sim.backend_config(load_config([]))["init_args"]["num_gpus"] == 1
 
 
 @pytest.mark.parametrize("overrides, key, gpus", [
@@ -88,8 +87,7 @@ def test_local_ray_gets_the_gpus_torch_sees(cuda_present):
     (["client.device=cuda:1"], "client.device='cuda:1'", 2),
 ])
 def test_simulation_device_requests_that_cannot_work(overrides, key, gpus):
-    cfg = compose(overrides)
-    validate(cfg)  # machine-independent checks pass
+    cfg = load_config(overrides)  # machine-independent checks pass
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         check_ray_resources(cfg, gpus)
 
@@ -104,18 +102,18 @@ def test_simulation_device_requests_that_cannot_work(overrides, key, gpus):
 ])
 def test_validate_device_and_cpu_choices(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        validate(compose([override]))
+        build_config(compose([override]))
 
 
 def test_whole_cpus_and_device_choices_pass():
     for override in ("client.num_cpus=2", "client.num_cpus=2.0", "client.device=cuda:3", "client.num_gpus=0.125"):
-        validate(compose([override]))  # cuda:3 may exist on a SuperNode; the simulation refuses it separately
+        build_config(compose([override]))  # cuda:3 may exist on a SuperNode; the simulation refuses it separately
 
 
 def test_bug4_fractional_num_cpus_is_refused_before_ray():
     """Bug 4: client.num_cpus=0.5 passed, became 0 through int(), and divided by zero in Flower's pool sizing."""
     with pytest.raises(ConfigError, match=r"client\.num_cpus=0\.5 must be a whole number"):
-        validate(compose(["client.num_cpus=0.5"]))
+        build_config(compose(["client.num_cpus=0.5"]))
 
 
 def test_bug3_cuda_n_under_ray_is_refused_before_data(cuda_present, monkeypatch, tmp_path):
@@ -140,7 +138,7 @@ def test_bug5_ray_cluster_gpus_not_the_drivers(monkeypatch, tmp_path):
         sim.run(cfg, tmp_path / "run")
     assert "data.root" in str(error.value) and "GPU" not in str(error.value)  # past the device checks
     assert asked == ["10.0.0.1:6379"]
-    assert sim.backend_config(compose(["ray.address=10.0.0.1:6379"]))["client_resources"]["num_gpus"] == 0.25
+    assert sim.backend_config(load_config(["ray.address=10.0.0.1:6379"]))["client_resources"]["num_gpus"] == 0.25
 
 
 def test_bug5_deployed_server_leaves_devices_to_the_supernodes(cuda_absent):
@@ -148,7 +146,7 @@ def test_bug5_deployed_server_leaves_devices_to_the_supernodes(cuda_absent):
     with open(REPO / "pyproject.toml", "rb") as handle:
         run_config = flatten(tomllib.load(handle)["tool"]["flwr"]["app"]["config"])
     cfg = cfg_from_run_config({**run_config, "client.device": "cuda", "client.num_gpus": 0.5})
-    assert cfg["client"]["device"] == "cuda"
+    assert cfg.client.device == "cuda"
 
 
 # -- Ray itself, with one logical GPU: actors per node and what each actor sees ----------------------------
@@ -161,11 +159,11 @@ torch.cuda.is_available = lambda: True
 os.cpu_count = lambda: 16
 import ray
 from flwr.simulation.ray_transport.ray_actor import pool_size_from_resources
-from fedkt.config import compose
+from fedkt.config import load_config
 from fedkt.sim import backend_config, cluster_gpus, configure_logging
 
 configure_logging(False)
-backends = {dev: backend_config(compose([f"client.device={dev}"])) for dev in ("auto", "cpu")}
+backends = {dev: backend_config(load_config([f"client.device={dev}"])) for dev in ("auto", "cpu")}
 ray.init(**backends["auto"]["init_args"], include_dashboard=False, _temp_dir=sys.argv[1])
 
 @ray.remote
@@ -253,7 +251,7 @@ def test_training_steps_run_on_the_devices_model_with_cpu_data():
 
 
 def test_gpus_per_client_is_a_question_about_the_clients_node():
-    cfg = compose([])
+    cfg = load_config([])
     assert gpus_per_client(cfg, 0) == 0.0 and gpus_per_client(cfg, 8) == 0.25
 
 
@@ -299,12 +297,12 @@ def test_gpu_check_client_round_is_the_knowledge_clients_fit(tmp_path, monkeypat
     gpu_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_check)
     monkeypatch.setenv("FEDKT_CACHE", str(tmp_path / "cache"))
-    cfg = compose(["experiment=smoke", "model.architectures=[lenet,alexnet]", "client.device=cpu"])
+    cfg = load_config(["experiment=smoke", "model.architectures=[lenet,alexnet]", "client.device=cpu"])
     pid, seeds = 2, (11, 22)  # clients 0, 1: lenet; 2, 3: alexnet
-    client = KnowledgeClient(dict(cfg, run_dir=str(tmp_path / "client")),
+    client = KnowledgeClient(cfg.replace(run_dir=str(tmp_path / "client")),
                              Context(run_id=0, node_id=7, node_config={"partition-id": pid}, state=RecordDict(),
                                      run_config={}))
-    gpu_check._init_worker(dict(cfg, run_dir=str(tmp_path / "check")))
+    gpu_check._init_worker(cfg.replace(run_dir=str(tmp_path / "check")))
     target, target_seed = None, -1
     for rnd, next_seed in enumerate(seeds, start=1):
         fit = {"round": rnd, "epochs": 1, "next_seed": next_seed, "target_seed": target_seed,
@@ -312,5 +310,5 @@ def test_gpu_check_client_round_is_the_knowledge_clients_fit(tmp_path, monkeypat
         (logits,), _, _ = client.fit([] if target is None else [target], fit)
         mine = gpu_check.client_round((pid, rnd, target, target_seed, next_seed))
         assert mine["arch"] == "alexnet" and mine["placed"] == ["cpu"] and mine["inputs"] == ["cpu"]
-        np.testing.assert_array_equal(mine["probs"], soft_predictions(logits, cfg["algorithm"]["temperature"]))
+        np.testing.assert_array_equal(mine["probs"], soft_predictions(logits, cfg.algorithm.temperature))
         target, target_seed = np.roll(mine["probs"], 1, axis=1), next_seed  # a target unlike its own

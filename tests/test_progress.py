@@ -6,7 +6,7 @@ import logging
 import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 
-from fedkt.config import compose
+from fedkt.config import load_config
 from fedkt.progress import CountedProxy, RoundProgress
 from fedkt.results import RunRecorder
 from fedkt.strategy import KnowledgeTransfer
@@ -60,7 +60,7 @@ def test_counted_proxy_counts_answers_and_failures():
 
 
 def test_a_round_says_when_it_starts_and_counts_its_clients(caplog):
-    cfg = compose(["experiment=smoke", "model.architectures=lenet"])
+    cfg = load_config(["experiment=smoke", "model.architectures=lenet"])
     strategy = KnowledgeTransfer(cfg, num_classes=10)
     manager, proxies = make_manager(["a", "b", "c", "d"])
     with caplog.at_level(logging.INFO, logger="fedkt"):
@@ -73,7 +73,7 @@ def test_a_round_says_when_it_starts_and_counts_its_clients(caplog):
 
 
 def test_time_left_leaves_the_warm_up_round_out(tmp_path):
-    cfg = compose(["experiment=paper_cpu"])  # 20 rounds
+    cfg = load_config(["experiment=paper_cpu"])  # 20 rounds
     recorder = RunRecorder(tmp_path, cfg)
     record = {"round": 1, "mean_test_acc": 0.5, "min_test_acc": 0.1, "max_test_acc": 0.9, "eval_clients": 20,
               "seconds": 100.0}

@@ -107,10 +107,10 @@ def test_client_refuses_a_target_meant_for_another_client(tmp_path, monkeypatch)
     from flwr.common import Context
 
     from fedkt.client_app import KnowledgeClient
-    from fedkt.config import compose
+    from fedkt.config import load_config
 
     monkeypatch.setenv("FEDKT_CACHE", str(tmp_path / "cache"))
-    cfg = dict(compose(["experiment=smoke"]), run_dir=str(tmp_path))
+    cfg = load_config(["experiment=smoke"], run_dir=str(tmp_path))
     context = Context(run_id=0, node_id=7, node_config={"partition-id": 1}, state=RecordDict(), run_config={})
     client = KnowledgeClient(cfg, context)
     target = np.full((64, 10), 0.1, dtype=np.float32)
@@ -124,12 +124,12 @@ def test_client_refuses_a_target_meant_for_another_client(tmp_path, monkeypatch)
 def test_resume_refuses_in_memory_client_state(tmp_path):
     import pytest
 
-    from fedkt.config import ConfigError, compose
+    from fedkt.config import ConfigError, load_config
     from fedkt.results import dump_json
     from fedkt.sim import resume
 
-    dump_json(tmp_path / "config.json", dict(compose(["experiment=smoke", "client.state_store=context"]),
-                                              run_dir=str(tmp_path)))
+    dump_json(tmp_path / "config.json", load_config(["experiment=smoke", "client.state_store=context"],
+                                                    run_dir=str(tmp_path)).to_dict())
     with pytest.raises(ConfigError, match="client.state_store=context"):
         resume(tmp_path)
     with pytest.raises(ConfigError, match="no config.json"):
@@ -137,17 +137,17 @@ def test_resume_refuses_in_memory_client_state(tmp_path):
 
 
 def test_resume_fills_settings_added_after_the_run_with_their_defaults(tmp_path, caplog):
-    from fedkt.config import compose
+    from fedkt.config import load_config
     from fedkt.results import dump_json
     from fedkt.sim import load_run_config
 
-    cfg = dict(compose(["experiment=smoke", "algorithm.rho=0.3"]), run_dir=str(tmp_path))
+    cfg = load_config(["experiment=smoke", "algorithm.rho=0.3"], run_dir=str(tmp_path)).to_dict()
     del cfg["algorithm"]["target_shift"]  # as recorded by a version without the key
     dump_json(tmp_path / "config.json", cfg)
     with caplog.at_level("WARNING", logger="fedkt"):
         loaded = load_run_config(tmp_path)
-    assert loaded["algorithm"]["target_shift"] == "none"
-    assert loaded["algorithm"]["rho"] == 0.3 and loaded["num_rounds"] == 2  # the run's own values stay
+    assert loaded.algorithm.target_shift == "none"
+    assert loaded.algorithm.rho == 0.3 and loaded.num_rounds == 2  # the run's own values stay
     assert "algorithm.target_shift=none" in caplog.text
 
 
@@ -156,12 +156,12 @@ def test_checkpoint_holds_no_pickle_and_an_old_pickle_is_refused_unloaded(tmp_pa
 
     import pytest
 
-    from fedkt.config import ConfigError, compose
+    from fedkt.config import ConfigError, load_config
     from fedkt.results import RunRecorder, dump_json, read_checkpoint
     from fedkt.sim import resume
     from fedkt.strategy import KnowledgeTransfer
 
-    cfg = dict(compose(["experiment=smoke"]), run_dir=str(tmp_path))
+    cfg = load_config(["experiment=smoke"], run_dir=str(tmp_path))
     strategy = KnowledgeTransfer(cfg, num_classes=10)
     strategy.coefficients.c = np.random.default_rng(0).dirichlet(np.ones(4), size=4)
     strategy.server.targets = {2: (1, np.full((64, 10), 0.1, dtype=np.float32)), 0: (3, np.eye(64, 10, dtype=np.float32))}
@@ -185,7 +185,7 @@ def test_checkpoint_holds_no_pickle_and_an_old_pickle_is_refused_unloaded(tmp_pa
 
     old = tmp_path / "old"
     old.mkdir()
-    dump_json(old / "config.json", dict(cfg, run_dir=str(old)))
+    dump_json(old / "config.json", cfg.replace(run_dir=str(old)).to_dict())
     marker = tmp_path / "code-ran"
 
     class Exploit:

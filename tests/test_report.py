@@ -1,5 +1,6 @@
 """fedkt.plots and fedkt.report on fabricated run directories, written by the real RunRecorder."""
 
+import functools
 import json
 import logging
 import math
@@ -11,6 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
+from fedkt.config import load_config
 from fedkt.partition import make_partition
 from fedkt.plots import architectures_by_client, client_classes, row_entropy, write_run_figures
 from fedkt.report import ReportCallback, find_runs, main, write_report
@@ -31,6 +33,13 @@ def make_config(run_dir, algorithm, partition, seed, num_rounds, num_clients=4, 
             "run_dir": str(run_dir)}
 
 
+@functools.lru_cache(maxsize=None)
+def recorder_config(algorithm, partition, seed, num_rounds, num_clients):
+    """What RunRecorder needs of the run (config.json itself is the short, old-style dict above)."""
+    return load_config([f"algorithm={algorithm}", f"partition={partition}", f"seed={seed}", f"num_rounds={num_rounds}",
+                        f"num_clients={num_clients}", "model.architectures=lenet"])
+
+
 def fake_run(run_dir, algorithm="ktpfl", partition="type1", seed=0, history=(0.2, 0.3, 0.4), num_rounds=None,
              status="completed", error="", num_clients=4, norm="none", nan_round=None, extra=None, val_history=None):
     """A run directory as fedkt.sim leaves it: config, partition, then RunRecorder's files round by round."""
@@ -46,7 +55,7 @@ def fake_run(run_dir, algorithm="ktpfl", partition="type1", seed=0, history=(0.2
     part.to_json(run_dir / "partition.json")
     dump_json(run_dir / "config.json", cfg)
     rng = np.random.default_rng(seed)
-    recorder = RunRecorder(run_dir, cfg)
+    recorder = RunRecorder(run_dir, recorder_config(algorithm, partition, seed, num_rounds, num_clients))
     for k, mean in enumerate(history, start=1):
         accs = np.clip(mean + rng.normal(0, 0.05, num_clients), 0, 1)
         accs += mean - accs.mean()

@@ -7,7 +7,7 @@ from flwr.server.client_manager import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 
 from fedkt.aggregation import kl_round_seconds, local_epochs, make_coefficients
-from fedkt.config import compose
+from fedkt.config import load_config
 from fedkt.core import soft_predictions
 from fedkt.strategy import KnowledgeTransfer
 
@@ -35,7 +35,7 @@ def make_cfg(algorithm="ktpfl", **extra):
     overrides = [f"algorithm={algorithm}", f"num_clients={N}", "model.architectures=lenet",
                  f"algorithm.align_size={M}", "data.public_size=100"]
     overrides += [f"{k}={v}" for k, v in extra.items()]
-    return compose(overrides)
+    return load_config(overrides)
 
 
 def make_manager(node_ids, partition_ids=None):
@@ -197,7 +197,7 @@ def test_local_epochs_ramp():
 
 def test_large_kl_federation_is_warned_about_its_server_cost(caplog):
     assert kl_round_seconds(1000, 5000, 20) == pytest.approx(44, rel=0.01)  # measured: 44.3 s
-    big = compose(["algorithm=ktpfl", "num_clients=1000", "model.architectures=lenet", "algorithm.align_size=5000"])
+    big = load_config(["algorithm=ktpfl", "num_clients=1000", "model.architectures=lenet", "algorithm.align_size=5000"])
     with caplog.at_level("WARNING", logger="fedkt"):
         make_coefficients(make_cfg())
         assert not caplog.records
@@ -205,7 +205,7 @@ def test_large_kl_federation_is_warned_about_its_server_cost(caplog):
     assert "algorithm.objective=mse" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="fedkt"):
-        make_coefficients(compose(["algorithm=ktpfl", "num_clients=1000", "model.architectures=lenet",
+        make_coefficients(load_config(["algorithm=ktpfl", "num_clients=1000", "model.architectures=lenet",
                                    "algorithm.align_size=5000", "algorithm.objective=mse"]))
     assert not caplog.records
 

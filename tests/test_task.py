@@ -3,14 +3,14 @@
 import numpy as np
 import torch
 
-from fedkt.config import compose
+from fedkt.config import load_config
 from fedkt.data import normalize
 from fedkt.task import client_data, load_federation, normalization_stats, public_data
 
 
 def test_normalization_statistics_come_only_from_what_clients_may_train_on(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDKT_CACHE", str(tmp_path))
-    cfg = compose(["experiment=smoke", "partition=type2"])
+    cfg = load_config(["experiment=smoke", "partition=type2"])
     data, partition = load_federation(cfg)
     trainable = np.concatenate([partition.public, *(c.train for c in partition.clients)])
     held_out = np.concatenate([a for c in partition.clients for a in (c.val, c.test)])

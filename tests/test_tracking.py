@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fedkt.config import ConfigError, compose, validate
+from fedkt.config import ConfigError, build_config, compose
 from fedkt.tracking import TensorBoardLog
 
 
@@ -33,6 +33,6 @@ def test_rounds_clients_and_coefficients_are_read_back(tmp_path):
 
 def test_tensorboard_is_off_by_default_and_checked():
     assert compose([])["logging"]["tensorboard"] is False
-    validate(compose(["logging.tensorboard=true"]))  # the package is installed here (the test extra)
+    build_config(compose(["logging.tensorboard=true"]))  # the package is installed here (the test extra)
     with pytest.raises(ConfigError, match="logging.tensorboard='yes' must be true or false"):
-        validate(compose(["logging.tensorboard=yes"]))
+        build_config(compose(["logging.tensorboard=yes"]))

@@ -20,17 +20,16 @@ import logging
 
 import numpy as np
 
-from fedkt.config import get
+from fedkt.config import RunConfig
 from fedkt.core import KnowledgeCoefficients, alignment_seed, check_predictions, fedmd_consensus, soft_predictions
 
 log = logging.getLogger("fedkt")
 
 
-def local_epochs(cfg: dict, server_round: int) -> int:
+def local_epochs(cfg: RunConfig, server_round: int) -> int:
     """Private epochs in round r: fixed, or ramped linearly from client.local_epochs up to
     client.max_local_epochs over the rounds (as the KT-pFL code does)."""
-    first, last = int(get(cfg, "client.local_epochs")), int(get(cfg, "client.max_local_epochs"))
-    rounds = int(get(cfg, "num_rounds"))
+    first, last, rounds = cfg.client.local_epochs, cfg.client.max_local_epochs, cfg.num_rounds
     if last <= first or rounds == 1:
         return first
     return int(round(first + (last - first) * (server_round - 1) / (rounds - 1)))
@@ -46,31 +45,30 @@ def kl_round_seconds(num_clients: int, align_size: int, steps: int) -> float:
     return KL_STEP_SECONDS_N1000 * (num_clients / 1000) ** 2 * (align_size / 5000) * steps
 
 
-def make_coefficients(cfg: dict) -> KnowledgeCoefficients:
-    algo = cfg["algorithm"]
-    if algo["objective"] == "kl":
-        estimate = kl_round_seconds(int(cfg["num_clients"]), int(algo["align_size"]), int(algo["coef_steps"]))
+def make_coefficients(cfg: RunConfig) -> KnowledgeCoefficients:
+    algo = cfg.algorithm
+    if algo.objective == "kl":
+        estimate = kl_round_seconds(cfg.num_clients, algo.align_size, algo.coef_steps)
         if estimate > 10:
             log.warning("KT-pFL with %s clients: the KL update of c (%s steps on %s samples) takes about %.0f s "
                         "a round on a 2-core CPU; algorithm.objective=mse algorithm.coef_steps=1 takes about "
-                        "1 s at 1000 clients (docs/RESULTS.md, server cost)", cfg["num_clients"],
-                        algo["coef_steps"], algo["align_size"], estimate)
+                        "1 s at 1000 clients (docs/RESULTS.md, server cost)", cfg.num_clients,
+                        algo.coef_steps, algo.align_size, estimate)
     return KnowledgeCoefficients(
-        int(cfg["num_clients"]), rho=float(algo["rho"]), objective=algo["objective"],
-        step_size=float(algo["coef_step"]) or None, steps=int(algo["coef_steps"]),
-        normalize=algo["normalize"], tau=float(algo["tau"]), weighting=algo["weighting"], topk=int(algo["topk"]))
+        cfg.num_clients, rho=algo.rho, objective=algo.objective, step_size=algo.coef_step or None,
+        steps=algo.coef_steps, normalize=algo.normalize, tau=algo.tau, weighting=algo.weighting, topk=algo.topk)
 
 
 class KnowledgeServer:
     """What the server computes and remembers for `algorithm.name` in ktpfl, fedmd, local (FedAvg's averaging is
     Flower's own FedAvg: fedkt.fedavg)."""
 
-    def __init__(self, cfg: dict, num_classes: int):
+    def __init__(self, cfg: RunConfig, num_classes: int):
         self.cfg = cfg
-        self.algorithm = get(cfg, "algorithm.name")
-        self.num_clients = int(get(cfg, "num_clients"))
+        self.algorithm = cfg.algorithm.name
+        self.num_clients = cfg.num_clients
         self.num_classes = num_classes
-        self.align_size = int(get(cfg, "algorithm.align_size"))
+        self.align_size = cfg.algorithm.align_size
         self.coefficients = make_coefficients(cfg) if self.algorithm == "ktpfl" else None
         # partition id -> (r, target on round r's alignment subset); an absent client keeps its last one
         self.targets: dict[int, tuple[int, np.ndarray]] = {}
@@ -81,20 +79,20 @@ class KnowledgeServer:
 
     def next_seed(self, server_round: int) -> int:
         """The alignment seed clients predict on in round r (-1: they upload nothing)."""
-        return alignment_seed(self.cfg["seed"], server_round) if self.collaborates else -1
+        return alignment_seed(self.cfg.seed, server_round) if self.collaborates else -1
 
     def target_for(self, pid: int) -> tuple[int, np.ndarray] | None:
         """(the alignment seed of the subset the client's target was computed on, the target), or None."""
         if pid not in self.targets:
             return None
         target_round, target = self.targets[pid]
-        return alignment_seed(self.cfg["seed"], target_round), target
+        return alignment_seed(self.cfg.seed, target_round), target
 
     def check_upload(self, arrays: list[np.ndarray]) -> str | None:
         """Why `arrays` cannot be one client's predictions on the round's subset, or None."""
         if len(arrays) != 1:
             return f"expected one array of predictions, got {len(arrays)}"
-        return check_predictions(arrays[0], self.align_size, self.num_classes, kind=get(self.cfg, "algorithm.upload"))
+        return check_predictions(arrays[0], self.align_size, self.num_classes, kind=self.cfg.algorithm.upload)
 
     def update(self, server_round: int, uploads: dict[int, np.ndarray]) -> None:
         """The accepted uploads of round r (partition id -> predictions) become the clients' next targets."""
@@ -103,8 +101,8 @@ class KnowledgeServer:
         values = np.zeros((self.num_clients, self.align_size, self.num_classes), dtype=np.float32)
         for pid, array in uploads.items():
             values[pid] = array
-        temperature = float(get(self.cfg, "algorithm.temperature"))
-        if get(self.cfg, "algorithm.upload") == "logits":
+        temperature = self.cfg.algorithm.temperature
+        if self.cfg.algorithm.upload == "logits":
             probs = np.asarray(soft_predictions(values, temperature), dtype=np.float32)
         else:
             probs = values
@@ -114,7 +112,7 @@ class KnowledgeServer:
             for pid in uploads:  # absent clients keep their last target (and its alignment subset)
                 self.targets[pid] = (server_round, np.asarray(targets[pid], dtype=np.float32))
         else:  # fedmd: one consensus for everyone
-            mode = get(self.cfg, "algorithm.consensus")
+            mode = self.cfg.algorithm.consensus
             consensus = fedmd_consensus(values if mode == "logits" else probs, present, mode=mode)
             consensus = np.asarray(consensus, dtype=np.float32)
             self.targets = {pid: (server_round, consensus) for pid in range(self.num_clients)}

@@ -1,9 +1,9 @@
 """The deployed apps' configuration (`flwr run`, docs/deploy.md): Flower's run config and a SuperNode's node
-config turned into the config dict `python -m fedkt.sim` uses, and the name of a deployed run's directory.
+config turned into the RunConfig `python -m fedkt.sim` uses, and the name of a deployed run's directory.
 
 - the run config (`[tool.flwr.app.config]` in pyproject.toml, generated from conf/ by
   `python -m fedkt.deploy presets`, overridden by `flwr run --run-config`) is flat with dotted keys;
-  `cfg_from_run_config` turns it into the nested dict and checks it (fedkt.config.validate);
+  `cfg_from_run_config` nests it and builds the checked RunConfig (fedkt.config.build_config);
 - each SuperNode's `--node-config` names its own data: `partition-id`, `num-partitions` (must equal
   num_clients), and optionally `data-root`, `data-name`, `cache-dir` and `state-dir` (`client_cfg`);
 - the ServerApp holds no data: it takes the number of classes from `data.num_classes`, and writes the
@@ -21,7 +21,7 @@ import logging
 import time
 from pathlib import Path
 
-from fedkt.config import ConfigError, flatten, get, unflatten, validate
+from fedkt.config import ConfigError, RunConfig, build_config, flatten, synthetic_data_note, unflatten
 
 log = logging.getLogger("fedkt")
 
@@ -44,7 +44,7 @@ def check_federation_size(num_nodes: int, num_clients: int) -> None:
 
 
 def absolute_paths(cfg: dict) -> dict:
-    """cfg with data.root, data.cache_dir and output_dir made absolute against this process's working
+    """The config dict with data.root, data.cache_dir and output_dir made absolute against this process's working
     folder (the SuperLink's, or a SuperNode's); empty values (cache_dir "") stay empty."""
     flat = flatten(cfg)
     for key in PATH_KEYS:
@@ -54,25 +54,26 @@ def absolute_paths(cfg: dict) -> dict:
     return unflatten(flat)
 
 
-def cfg_from_run_config(run_config) -> dict:
-    """Flower's flat run config ({"client.lr": 0.02, ...}) as the checked nested config dict."""
-    cfg = unflatten(dict(run_config))
-    validate(cfg)
-    num_classes = get(cfg, "data.num_classes")
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
-        raise ConfigError(f"data.num_classes={num_classes!r} must be an integer >= 2")
-    if str(get(cfg, "resume")):
-        raise ConfigError(f"resume={get(cfg, 'resume')!r}: resuming a killed run is supported by "
+def cfg_from_run_config(run_config) -> RunConfig:
+    """Flower's flat run config ({"client.lr": 0.02, ...}) as the checked RunConfig, paths made absolute (the
+    note that generated data reads no data.root is logged here, while the path is still as given)."""
+    values = unflatten(dict(run_config))
+    cfg = build_config(values)
+    if cfg.resume:
+        raise ConfigError(f"resume={cfg.resume!r}: resuming a killed run is supported by "
                           "`python -m fedkt.sim resume=RUN_DIR` only, not by `flwr run`")
-    return absolute_paths(cfg)
+    note = synthetic_data_note(cfg)
+    if note:
+        log.warning("%s", note)
+    return build_config(absolute_paths(values))
 
 
-def check_data_root(run_config, cfg: dict) -> None:
+def check_data_root(run_config, cfg: RunConfig) -> None:
     """In a simulation the clients read data.root on the SuperLink's machine: a path that is not there
     stops the run at once, saying where a relative path was looked for and how to give an absolute one."""
-    if get(cfg, "data.name") == "synthetic" or bool(get(cfg, "data.download")):
+    if cfg.data.name == "synthetic" or cfg.data.download:
         return
-    root = Path(str(get(cfg, "data.root")))
+    root = Path(cfg.data.root)
     if not root.exists():
         given = run_config.get("data.root")
         raise ConfigError(
@@ -82,7 +83,7 @@ def check_data_root(run_config, cfg: dict) -> None:
             "experiment=... data.root=PATH`, which writes it absolute)")
 
 
-def client_cfg(run_config, node_config, run_id: int) -> dict:
+def client_cfg(run_config, node_config, run_id: int) -> RunConfig:
     """The config one SuperNode's clients run with: the run config, with the data named by the node's
     --node-config (data-root, data-name, cache-dir) and the client state kept under its state-dir."""
     cfg = unflatten(dict(run_config))
@@ -93,7 +94,7 @@ def client_cfg(run_config, node_config, run_id: int) -> dict:
                               f"--node-config 'partition-id=I num-partitions=N' (N = num_clients)")
         if not isinstance(node[key], int) or isinstance(node[key], bool):
             raise ConfigError(f"--node-config {key}={node[key]!r} must be an integer")
-    n = int(get(cfg, "num_clients"))
+    n = build_config(cfg).num_clients  # the run config alone must hold
     if node["num-partitions"] != n:
         raise ConfigError(f"num-partitions={node['num-partitions']} SuperNodes but the run has num_clients={n}; "
                           f"{federation_size_fix(n)}")
@@ -106,17 +107,15 @@ def client_cfg(run_config, node_config, run_id: int) -> dict:
     for node_key, cfg_key in (("data-root", "root"), ("data-name", "name"), ("cache-dir", "cache_dir")):
         if node_key in node:
             data[cfg_key] = str(node[node_key])
-    validate(cfg)
-    cfg = absolute_paths(cfg)
-    state_root = Path(str(node.get("state-dir") or Path(str(get(cfg, "output_dir"))) / "client-state"))
-    cfg["run_dir"] = str((state_root.expanduser() / f"run_{run_id}").resolve())
-    return cfg
+    cfg = build_config(absolute_paths(cfg))
+    state_root = Path(str(node.get("state-dir") or Path(cfg.output_dir) / "client-state"))
+    return cfg.replace(run_dir=str((state_root.expanduser() / f"run_{run_id}").resolve()))
 
 
-def make_run_dir(cfg: dict, run_id: int) -> Path:
+def make_run_dir(cfg: RunConfig, run_id: int) -> Path:
     """output_dir/<date>_<time>_<algorithm>_<partition>_s<seed>_run<run id>/, created."""
-    name = (f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{get(cfg, 'algorithm.name')}_{get(cfg, 'partition.scheme')}"
-            f"_s{get(cfg, 'seed')}_run{run_id}")
-    run_dir = (Path(str(get(cfg, "output_dir"))) / name).resolve()
+    name = (f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{cfg.algorithm.name}_{cfg.partition.scheme}"
+            f"_s{cfg.seed}_run{run_id}")
+    run_dir = (Path(cfg.output_dir) / name).resolve()
     run_dir.mkdir(parents=True, exist_ok=False)
     return run_dir

@@ -18,7 +18,7 @@ from flwr.client import ClientApp, NumPyClient
 from flwr.common import Context
 
 from fedkt.app_config import client_cfg
-from fedkt.config import client_architectures, get
+from fedkt.config import RunConfig
 from fedkt.faults import FaultPlan
 from fedkt.files import write_atomic
 from fedkt.learner import Learner
@@ -30,10 +30,10 @@ class StateStore:
     """A client's state after each round, as bytes: in files round_NNNN.pt (the last two kept) or in
     the node's context.state (the last one). `load(r)` returns the newest version from round <= r."""
 
-    def __init__(self, cfg: dict, context: Context, partition_id: int):
-        self.kind = get(cfg, "client.state_store")
+    def __init__(self, cfg: RunConfig, context: Context, partition_id: int):
+        self.kind = cfg.client.state_store
         self.context = context
-        self.folder = Path(cfg["run_dir"]) / "clients" / f"client_{partition_id:04d}"
+        self.folder = Path(cfg.run_dir) / "clients" / f"client_{partition_id:04d}"
 
     def load(self, max_round: int) -> tuple[int, bytes] | None:
         if self.kind == "context":
@@ -64,14 +64,15 @@ class KnowledgeClient(NumPyClient):
     """The Flower side of one client: built per message, it restores the client's `Learner` (fedkt.learner) from
     the state store, runs the step Flower asks for, and saves the state again. Fault injection happens here."""
 
-    def __init__(self, cfg: dict, context: Context):
+    def __init__(self, cfg: RunConfig, context: Context):
         self.cfg = cfg
         self.partition_id = int(context.node_config["partition-id"])
-        if not 0 <= self.partition_id < int(cfg["num_clients"]):
-            raise ValueError(f"partition-id {self.partition_id} is outside 0..{int(cfg['num_clients']) - 1}")
-        self.architecture = client_architectures(cfg)[self.partition_id]
+        if not 0 <= self.partition_id < cfg.num_clients:
+            raise ValueError(f"partition-id {self.partition_id} is outside 0..{cfg.num_clients - 1}")
+        self.architecture = cfg.architectures[self.partition_id]
         self.store = StateStore(cfg, context, self.partition_id)
-        self.faults = FaultPlan(cfg)
+        self.faults = FaultPlan(cfg.faults.fail_prob, cfg.faults.inject, cfg.faults.slow_seconds, cfg.seed,
+                                cfg.num_clients)
         self.learner: Learner | None = None  # built by fit / evaluate
 
     def get_properties(self, config):
@@ -87,7 +88,7 @@ class KnowledgeClient(NumPyClient):
         rnd = int(config["round"])
         self.faults.before_fit(self.partition_id, rnd)
         learner = self._restore(max_round=rnd - 1)
-        fedavg = self.cfg["algorithm"]["name"] == "fedavg"
+        fedavg = self.cfg.algorithm.name == "fedavg"
         target = None
         if parameters and not fedavg:
             if int(config["target_partition"]) != self.partition_id:
@@ -113,7 +114,7 @@ class KnowledgeClient(NumPyClient):
         return float(loss), len(learner.data.y_test), {"partition_id": self.partition_id, "test_acc": float(acc)}
 
 
-def make_client_app(cfg: dict) -> ClientApp:
+def make_client_app(cfg: RunConfig) -> ClientApp:
     """A ClientApp whose clients all read `cfg` (passed by closure: the simulation's run_config is empty)."""
 
     def client_fn(context: Context):

@@ -1,13 +1,22 @@
-"""The run configuration: one nested dict of scalars, checked before anything expensive starts.
+"""The run configuration: one typed, frozen `RunConfig`, built and checked once where configuration enters.
 
-Defaults live in conf/config.yaml only. Hydra gives `python -m fedkt.sim` a nested config; Flower's run
-config (`flwr run`) is flat with dotted keys ("client.lr"); `unflatten` turns that into the same dict.
+Defaults live in conf/config.yaml only (the dataclasses below have none). Configuration enters as a nested dict
+in three places, and each turns it into a RunConfig with `build_config` before anything expensive starts:
+Hydra (`python -m fedkt.sim`), Flower's run config (`flwr run`; flat with dotted keys, `unflatten` nests it) and
+a SuperNode's node config (fedkt.app_config). Everything below those edges reads attributes (`cfg.client.lr`),
+never keys. Each field says its type and what values it allows; `build_config` converts whole numbers given as
+floats (2.0 -> 2) and integers given for real numbers, refuses anything else with the key, the value and what is
+allowed, then checks the rules that tie several keys together.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import importlib.util
 import math
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedkt.faults import parse_injections
@@ -29,44 +38,356 @@ DISTILL_LOSSES = ("kl", "l1", "mse")
 TARGET_SHIFTS = ("none", "classes", "prior")
 LR_POLICIES = ("constant", "plateau", "cosine")
 
-CHOICES = {
-    "data.name": DATASET_NAMES,
-    "data.resize": RESIZE_MODES,
-    "partition.scheme": SCHEMES,
-    "partition.type1_method": TYPE1_METHODS,
-    "model.norm": NORMS,
-    "model.stem": STEMS,
-    "algorithm.name": ALGORITHMS,
-    "algorithm.upload": ("logits", "probs"),
-    "algorithm.wire_dtype": ("float32", "float16"),
-    "algorithm.objective": OBJECTIVES,
-    "algorithm.normalize": NORMALIZATIONS,
-    "algorithm.weighting": WEIGHTINGS,
-    "algorithm.consensus": ("probs", "logits"),
-    "algorithm.distill_loss": DISTILL_LOSSES,
-    "algorithm.target_shift": TARGET_SHIFTS,
-    "client.lr_policy": LR_POLICIES,
-    "algorithm.distill_lr_policy": ("follow", "fixed"),
-    "client.state_store": ("disk", "context"),
-    "client.distill_guard": ("none", "val"),
-}
-
-POSITIVE = (  # keys that must be > 0
-    "num_rounds", "num_clients", "data.image_size", "algorithm.align_size", "algorithm.temperature",
-    "algorithm.distill_batch_size", "algorithm.distill_lr", "algorithm.tau", "algorithm.topk",
-    "algorithm.coef_steps", "client.lr", "client.batch_size", "client.local_epochs", "client.num_cpus",
-    "client.eval_batch_size", "client.lr_factor",
-)
-NON_NEGATIVE = (
-    "data.public_size", "data.samples_per_client", "algorithm.rho", "algorithm.coef_step",
-    "algorithm.distill_epochs", "client.momentum", "client.weight_decay", "client.max_local_epochs",
-    "client.warmup_epochs", "client.warmup_public_epochs", "client.lr_patience", "round_timeout",
-    "faults.slow_seconds",
-)
-
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the key, the value and what is allowed."""
+
+
+# What a field allows, kept in its metadata and checked by build_config.
+def _one_of(*allowed: str):
+    return field(metadata={"choices": allowed})
+
+
+def _positive():
+    return field(metadata={"above": 0})
+
+
+def _non_negative():
+    return field(metadata={"at_least": 0})
+
+
+def _fraction(strict: bool = False):  # in [0, 1], or (0, 1) when strict
+    return field(metadata={"fraction": "strict" if strict else "closed"})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = _one_of(*DATASET_NAMES)
+    root: str = field()          # archive (.tar.gz), image folder, cifar-10-batches-py, or where to download
+    download: bool = field()
+    cache_dir: str = field()     # "" = $FEDKT_CACHE or ~/.cache/fedkt
+    image_size: int = _positive()
+    resize: str = _one_of(*RESIZE_MODES)
+    public_size: int = _non_negative()
+    samples_per_client: int = _non_negative()  # 0 = share out all the rest
+    num_classes: int = field(metadata={"at_least": 2})  # only the deployed ServerApp, which holds no data, reads it
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    architectures: str = field()  # "a,b,...": one per client, or a shorter list in equal blocks (see per_client)
+    norm: str = _one_of(*NORMS)
+    stem: str = _one_of(*STEMS)
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    lr: float = _positive()
+    momentum: float = _non_negative()
+    weight_decay: float = _non_negative()
+    batch_size: int = _positive()
+    local_epochs: int = _positive()
+    max_local_epochs: int = _non_negative()
+    lr_policy: str = _one_of(*LR_POLICIES)
+    lr_patience: int = _non_negative()
+    lr_factor: float = _positive()
+    augment: bool = field()
+    warmup_epochs: int = _non_negative()
+    warmup_public_epochs: int = _non_negative()
+    state_store: str = _one_of("disk", "context")
+    distill_guard: str = _one_of("none", "val")
+    device: str = field()        # auto | cpu | cuda | cuda:N (checked in _check_rules)
+    num_cpus: int = _positive()  # Ray CPUs of a client actor and its torch threads
+    num_gpus: float = field()    # -1 = auto, else a share >= 0 (checked in _check_rules)
+    eval_batch_size: int = _positive()
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    name: str = _one_of(*ALGORITHMS)
+    align_size: int = _positive()
+    temperature: float = _positive()
+    upload: str = _one_of("logits", "probs")
+    wire_dtype: str = _one_of("float32", "float16")
+    rho: float = _non_negative()
+    objective: str = _one_of(*OBJECTIVES)
+    coef_step: float = _non_negative()  # 0 = adaptive
+    coef_steps: int = _positive()
+    normalize: str = _one_of(*NORMALIZATIONS)
+    tau: float = _positive()
+    weighting: str = _one_of(*WEIGHTINGS)
+    topk: int = _positive()
+    consensus: str = _one_of("probs", "logits")
+    distill_loss: str = _one_of(*DISTILL_LOSSES)
+    target_shift: str = _one_of(*TARGET_SHIFTS)
+    distill_epochs: int = _non_negative()
+    distill_batch_size: int = _positive()
+    distill_lr: float = _positive()
+    distill_lr_policy: str = _one_of("follow", "fixed")
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    scheme: str = _one_of(*SCHEMES)
+    alpha: float = field()
+    type1_method: str = _one_of(*TYPE1_METHODS)
+    classes_per_client: int = field()
+    test_fraction: float = _fraction(strict=True)
+    val_fraction: float = _fraction(strict=True)
+
+
+@dataclass(frozen=True)
+class FaultsConfig:
+    fail_prob: float = _fraction()
+    inject: str = field()        # "partition:round:kind,..." (fedkt.faults)
+    slow_seconds: float = _non_negative()
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    verbose: bool = field()
+    tensorboard: bool = field()
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str = field()       # "" = start a local Ray for the run
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int = field()
+    num_rounds: int = _positive()
+    num_clients: int = _positive()
+    round_timeout: float = _non_negative()  # 0 = no limit
+    min_fit_fraction: float = _fraction()
+    resume: str = field()
+    output_dir: str = field()
+    data: DataConfig = field()
+    model: ModelConfig = field()
+    client: ClientConfig = field()
+    algorithm: AlgorithmConfig = field()
+    partition: PartitionConfig = field()
+    faults: FaultsConfig = field()
+    logging: LoggingConfig = field()
+    ray: RayConfig = field()
+    run_dir: str = ""            # not a setting: where this run's files go, set by the entry point
+
+    @property
+    def architectures(self) -> list[str]:
+        """One architecture per client (fedkt.config.per_client)."""
+        return per_client(self.model.architectures, self.num_clients)
+
+    def to_dict(self) -> dict:
+        """The nested dict of scalars (what config.json holds)."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> RunConfig:
+        """A copy with top-level fields changed (e.g. run_dir); build_config again for settings."""
+        return dataclasses.replace(self, **changes)
+
+
+def _key_kinds(cls, prefix: str = "") -> dict[str, tuple[type, dict]]:
+    """{"client.lr": (float, metadata), ...} for every setting of cls."""
+    kinds = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            kinds.update(_key_kinds(kind, f"{prefix}{f.name}."))
+        elif f.name != "run_dir":
+            kinds[f"{prefix}{f.name}"] = (kind, dict(f.metadata))
+    return kinds
+
+
+SETTINGS = _key_kinds(RunConfig)  # every key of conf/config.yaml, with its type and rule
+CHOICES = {key: meta["choices"] for key, (_, meta) in SETTINGS.items() if "choices" in meta}
+
+
+def _convert(key: str, value, kind: type):
+    """value as `kind`, or ConfigError."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}={value!r} must be true or false")
+    if kind in (int, float):
+        if not _is_number(value):
+            raise ConfigError(f"{key}={value!r} must be a number")
+        if kind is int and not float(value).is_integer():
+            raise ConfigError(f"{key}={value!r} must be a whole number")
+        return kind(value)
+    if isinstance(value, dict):
+        raise ConfigError(f"{key} must be a single value, not a group of keys")
+    if key == "model.architectures" and isinstance(value, (list, tuple)):  # Hydra list syntax [a,b]
+        return ",".join(str(a).strip() for a in value)
+    if isinstance(value, (list, tuple)):
+        raise ConfigError(f"{key}={value!r} must be a single value, not a list")
+    return str(value)
+
+
+def _check_rule(key: str, value, meta: dict, given) -> None:
+    """value (converted from `given`, which the message shows) against the field's rule."""
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{key}={given!r} is not allowed; choose one of: {', '.join(meta['choices'])}")
+    if "above" in meta and not value > meta["above"]:
+        raise ConfigError(f"{key}={given!r} must be a number > {meta['above']}")
+    if "at_least" in meta and not value >= meta["at_least"]:
+        raise ConfigError(f"{key}={given!r} must be a number >= {meta['at_least']}")
+    if meta.get("fraction") == "closed" and not 0 <= value <= 1:
+        raise ConfigError(f"{key}={given!r} must lie between 0 and 1")
+    if meta.get("fraction") == "strict" and not 0 < value < 1:
+        raise ConfigError(f"{key}={given!r} must lie strictly between 0 and 1")
+
+
+def _build(cls, values: dict, prefix: str):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        key = prefix + unknown[0]
+        close = difflib.get_close_matches(key, list(SETTINGS), n=1)
+        raise ConfigError(f"unknown config key '{key}'" + (f"; did you mean '{close[0]}'?" if close else ""))
+    built = {}
+    for f in dataclasses.fields(cls):
+        key, kind = prefix + f.name, hints[f.name]
+        if f.name not in values:
+            if f.default is dataclasses.MISSING:
+                raise ConfigError(f"config key '{key}' is missing")
+            continue
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(values[f.name], dict):
+                raise ConfigError(f"config key '{key}' must be a group of keys, not {values[f.name]!r}")
+            built[f.name] = _build(kind, values[f.name], key + ".")
+        else:
+            built[f.name] = _convert(key, values[f.name], kind)
+            _check_rule(key, built[f.name], dict(f.metadata), values[f.name])
+    return cls(**built)
+
+
+def build_config(values: dict | RunConfig) -> RunConfig:
+    """The nested config dict (Hydra's, an unflattened run config, a run's config.json) as a checked RunConfig;
+    raises ConfigError on the first value that cannot work. Runs before data loading and Ray."""
+    cfg = values if isinstance(values, RunConfig) else _build(RunConfig, dict(values), "")
+    _check_rules(cfg)
+    return cfg
+
+
+def load_config(overrides: list[str] | tuple[str, ...] = (), **fields) -> RunConfig:
+    """The checked config `python -m fedkt.sim OVERRIDES...` would run with (for tests, benchmarks, tools);
+    `fields` sets top-level fields that are not settings (run_dir)."""
+    return build_config(dict(compose(overrides), **fields))
+
+
+def per_client(architectures, num_clients: int) -> list[str]:
+    """One architecture per client from model.architectures: the list as given, or a shorter list repeated in
+    equal blocks (4 names for 20 clients -> 5 of each, in order). Takes "a,b" or [a, b] (a run's config.json)."""
+    value = architectures
+    names = [str(a).strip() for a in (value if isinstance(value, list) else str(value).split(",")) if str(a).strip()]
+    n = int(num_clients)
+    for name in names:
+        if name not in ARCHITECTURES:
+            raise ConfigError(f"model.architectures: unknown architecture '{name}'; allowed: {', '.join(ARCHITECTURES)}")
+    if not names:
+        raise ConfigError("model.architectures is empty; give a comma-separated list, e.g. 'lenet,resnet18'")
+    if len(names) == n:
+        return names
+    if n % len(names) == 0:
+        return [name for name in names for _ in range(n // len(names))]
+    raise ConfigError(
+        f"model.architectures has {len(names)} names for num_clients={n}: give one per client "
+        f"or a list whose length divides num_clients")
+
+
+def recorded_architectures(config: dict) -> list[str]:
+    """One architecture per client of a recorded run (its config.json, read as a dict by the report and the
+    figures, which take runs of any fedkt version); ConfigError when the record does not say."""
+    return per_client(get(config, "model.architectures"), get(config, "num_clients"))
+
+
+def gpus_per_client(cfg: RunConfig, node_gpus: float) -> float:
+    """Ray GPU share of one client actor in the simulation, given the GPUs of the node(s) that run the clients
+    (not necessarily this machine's: with ray.address, the cluster's). client.num_gpus, or when it is -1 (auto)
+    0.25 where those nodes have a GPU and client.device is not cpu, else 0. Call check_ray_resources first."""
+    share = cfg.client.num_gpus
+    if share < 0:
+        return 0.25 if node_gpus > 0 and cfg.client.device != "cpu" else 0.0
+    return share
+
+
+def check_ray_resources(cfg: RunConfig, node_gpus: float) -> None:
+    """The simulation's device and GPU-share questions, asked of the node(s) that run the client actors
+    (node_gpus: how many GPUs Ray has there). Not for a deployment: a SuperNode picks its own device
+    (fedkt.train.pick_device says there what is missing), and client.num_gpus is a Ray setting."""
+    device, share = cfg.client.device, cfg.client.num_gpus
+    where = "the Ray cluster at ray.address" if cfg.ray.address else "this machine"
+    if device.startswith("cuda:") and device != "cuda:0":
+        raise ConfigError(
+            f"client.device={device!r}: in the simulation Ray gives each client actor its own GPU share, which the "
+            "actor sees as cuda:0; use client.device=cuda (or auto) and let Ray place the actors")
+    if device == "cpu" and share > 0:
+        raise ConfigError(f"client.device=cpu with client.num_gpus={share:g}: CPU clients need no GPU share (it "
+                          "would only cap how many run at once); use client.num_gpus=-1 or 0")
+    if device.startswith("cuda") and share == 0:
+        raise ConfigError(f"client.device={device!r} with client.num_gpus=0: Ray hides the GPUs from client actors "
+                          "without a GPU share; use client.num_gpus=-1 (auto) or a share > 0")
+    if (device.startswith("cuda") or share > 0) and node_gpus <= 0:
+        raise ConfigError(
+            f"client.device={device!r}, client.num_gpus={share:g} ask for a GPU but "
+            f"{where} has none; use client.device=auto client.num_gpus=-1 (or 0)")
+
+
+def _check_rules(cfg: RunConfig) -> None:
+    """The rules that tie several keys together, and the values no single rule above covers."""
+    archs = cfg.architectures
+    algo = cfg.algorithm
+    if algo.name == "fedavg" and len(set(archs)) > 1:
+        raise ConfigError(
+            f"algorithm.name=fedavg averages one model's parameters, but model.architectures="
+            f"{cfg.model.architectures!r} gives the clients {len(set(archs))} architectures; give one, "
+            "e.g. model.architectures=lenet")
+    if algo.name in ("ktpfl", "fedmd") and algo.align_size > cfg.data.public_size:
+        raise ConfigError(
+            f"algorithm.align_size={algo.align_size} is larger than the public set "
+            f"(data.public_size={cfg.data.public_size}); lower it or enlarge the public set")
+    if algo.distill_loss in ("l1", "mse") and not (algo.name == "fedmd" and algo.consensus == "logits"):
+        raise ConfigError(
+            f"algorithm.distill_loss={algo.distill_loss!r} distils towards logits: it needs "
+            "algorithm.name=fedmd with algorithm.consensus=logits; use distill_loss=kl otherwise")
+    if algo.target_shift != "none" and algo.distill_loss != "kl":
+        raise ConfigError(f"algorithm.target_shift={algo.target_shift} reweights probability "
+                          "targets: it needs algorithm.distill_loss=kl")
+    if algo.name == "fedmd" and algo.consensus == "logits" and algo.upload != "logits":
+        raise ConfigError("algorithm.consensus=logits needs algorithm.upload=logits")
+    if algo.name == "fedmd" and algo.consensus == "logits" and algo.distill_loss == "kl":
+        raise ConfigError(
+            "algorithm.consensus=logits with algorithm.distill_loss=kl: the server would send mean logits, and kl "
+            "distils towards probabilities; use consensus=probs with distill_loss=kl, or consensus=logits with "
+            "distill_loss=l1 or mse")
+    if cfg.client.warmup_public_epochs > 0 and cfg.data.public_size == 0:
+        raise ConfigError("client.warmup_public_epochs > 0 needs a public set (data.public_size > 0)")
+    try:
+        parse_injections(cfg.faults.inject)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if cfg.logging.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("logging.tensorboard=true needs the tensorboard package: pip install -e \".[tensorboard]\" "
+                          "(or pip install tensorboard), or set logging.tensorboard=false")
+    device = cfg.client.device
+    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ConfigError(f"client.device={device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
+    share = cfg.client.num_gpus
+    if not (share == -1 or share >= 0):
+        raise ConfigError(f"client.num_gpus={share!r} must be -1 (auto) or a GPU share >= 0, e.g. 0.25")
+    # Whether a GPU exists is a question for the node that runs the clients, not for this process:
+    # check_ray_resources (the simulation) and fedkt.train.pick_device (each client) ask it there.
+
+
+def synthetic_data_note(cfg: RunConfig) -> str | None:
+    """One line when a data.root was given to a run on generated data (experiment=smoke), which reads none."""
+    if cfg.data.name == "synthetic" and cfg.data.root not in ("", "data"):
+        return (f"data.name=synthetic (experiment=smoke): the run uses generated data and does not read "
+                f"data.root={cfg.data.root}; add data.name=cifar10 to use it")
+    return None
 
 
 def get(cfg: dict, key: str):
@@ -101,140 +422,6 @@ def unflatten(flat: dict) -> dict:
             node = node.setdefault(part, {})
         node[leaf] = value
     return cfg
-
-
-def client_architectures(cfg: dict) -> list[str]:
-    """One architecture per client: the list as given, or a shorter list repeated in equal blocks
-    (4 names for 20 clients -> 5 of each, in order)."""
-    value = get(cfg, "model.architectures")  # "a,b" (Flower run config) or [a, b] (Hydra list syntax)
-    names = [str(a).strip() for a in (value if isinstance(value, list) else str(value).split(",")) if str(a).strip()]
-    n = int(get(cfg, "num_clients"))
-    for name in names:
-        if name not in ARCHITECTURES:
-            raise ConfigError(f"model.architectures: unknown architecture '{name}'; allowed: {', '.join(ARCHITECTURES)}")
-    if not names:
-        raise ConfigError("model.architectures is empty; give a comma-separated list, e.g. 'lenet,resnet18'")
-    if len(names) == n:
-        return names
-    if n % len(names) == 0:
-        return [name for name in names for _ in range(n // len(names))]
-    raise ConfigError(
-        f"model.architectures has {len(names)} names for num_clients={n}: give one per client "
-        f"or a list whose length divides num_clients")
-
-
-def gpus_per_client(cfg: dict, node_gpus: float) -> float:
-    """Ray GPU share of one client actor in the simulation, given the GPUs of the node(s) that run the clients
-    (not necessarily this machine's: with ray.address, the cluster's). client.num_gpus, or when it is -1 (auto)
-    0.25 where those nodes have a GPU and client.device is not cpu, else 0. Call check_ray_resources first."""
-    share = float(get(cfg, "client.num_gpus"))
-    if share < 0:
-        return 0.25 if node_gpus > 0 and str(get(cfg, "client.device")) != "cpu" else 0.0
-    return share
-
-
-def check_ray_resources(cfg: dict, node_gpus: float) -> None:
-    """The simulation's device and GPU-share questions, asked of the node(s) that run the client actors
-    (node_gpus: how many GPUs Ray has there). Not for a deployment: a SuperNode picks its own device
-    (fedkt.train.pick_device says there what is missing), and client.num_gpus is a Ray setting."""
-    device, share = str(get(cfg, "client.device")), float(get(cfg, "client.num_gpus"))
-    where = "the Ray cluster at ray.address" if str(get(cfg, "ray.address")) else "this machine"
-    if device.startswith("cuda:") and device != "cuda:0":
-        raise ConfigError(
-            f"client.device={device!r}: in the simulation Ray gives each client actor its own GPU share, which the "
-            "actor sees as cuda:0; use client.device=cuda (or auto) and let Ray place the actors")
-    if device == "cpu" and share > 0:
-        raise ConfigError(f"client.device=cpu with client.num_gpus={share:g}: CPU clients need no GPU share (it "
-                          "would only cap how many run at once); use client.num_gpus=-1 or 0")
-    if device.startswith("cuda") and share == 0:
-        raise ConfigError(f"client.device={device!r} with client.num_gpus=0: Ray hides the GPUs from client actors "
-                          "without a GPU share; use client.num_gpus=-1 (auto) or a share > 0")
-    if (device.startswith("cuda") or share > 0) and node_gpus <= 0:
-        raise ConfigError(
-            f"client.device={device!r}, client.num_gpus={get(cfg, 'client.num_gpus')} ask for a GPU but "
-            f"{where} has none; use client.device=auto client.num_gpus=-1 (or 0)")
-
-
-def validate(cfg: dict) -> None:
-    """Raise ConfigError on the first value that cannot work. Runs before data loading and Ray."""
-    for key, allowed in CHOICES.items():
-        value = get(cfg, key)
-        if value not in allowed:
-            raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
-    for key in POSITIVE:
-        value = get(cfg, key)
-        if not _is_number(value) or value <= 0:
-            raise ConfigError(f"{key}={value!r} must be a number > 0")
-    for key in NON_NEGATIVE:
-        value = get(cfg, key)
-        if not _is_number(value) or value < 0:
-            raise ConfigError(f"{key}={value!r} must be a number >= 0")
-    archs = client_architectures(cfg)
-    name = get(cfg, "algorithm.name")
-    if name == "fedavg" and len(set(archs)) > 1:
-        raise ConfigError(
-            f"algorithm.name=fedavg averages one model's parameters, but model.architectures="
-            f"{get(cfg, 'model.architectures')!r} gives the clients {len(set(archs))} architectures; give one, "
-            "e.g. model.architectures=lenet")
-    if name in ("ktpfl", "fedmd") and get(cfg, "algorithm.align_size") > get(cfg, "data.public_size"):
-        raise ConfigError(
-            f"algorithm.align_size={get(cfg, 'algorithm.align_size')} is larger than the public set "
-            f"(data.public_size={get(cfg, 'data.public_size')}); lower it or enlarge the public set")
-    if get(cfg, "algorithm.distill_loss") in ("l1", "mse") and not (
-            name == "fedmd" and get(cfg, "algorithm.consensus") == "logits"):
-        raise ConfigError(
-            f"algorithm.distill_loss={get(cfg, 'algorithm.distill_loss')!r} distils towards logits: it needs "
-            "algorithm.name=fedmd with algorithm.consensus=logits; use distill_loss=kl otherwise")
-    if get(cfg, "algorithm.target_shift") != "none" and get(cfg, "algorithm.distill_loss") != "kl":
-        raise ConfigError(f"algorithm.target_shift={get(cfg, 'algorithm.target_shift')} reweights probability "
-                          "targets: it needs algorithm.distill_loss=kl")
-    if name == "fedmd" and get(cfg, "algorithm.consensus") == "logits" and get(cfg, "algorithm.upload") != "logits":
-        raise ConfigError("algorithm.consensus=logits needs algorithm.upload=logits")
-    if name == "fedmd" and get(cfg, "algorithm.consensus") == "logits" and get(cfg, "algorithm.distill_loss") == "kl":
-        raise ConfigError(
-            "algorithm.consensus=logits with algorithm.distill_loss=kl: the server would send mean logits, and kl "
-            "distils towards probabilities; use consensus=probs with distill_loss=kl, or consensus=logits with "
-            "distill_loss=l1 or mse")
-    if get(cfg, "client.warmup_public_epochs") > 0 and get(cfg, "data.public_size") == 0:
-        raise ConfigError("client.warmup_public_epochs > 0 needs a public set (data.public_size > 0)")
-    for key in ("min_fit_fraction", "faults.fail_prob"):
-        value = get(cfg, key)
-        if not _is_number(value) or not 0 <= value <= 1:
-            raise ConfigError(f"{key}={value!r} must lie between 0 and 1")
-    try:
-        parse_injections(get(cfg, "faults.inject"))
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    for key in ("partition.test_fraction", "partition.val_fraction"):
-        value = get(cfg, key)
-        if not _is_number(value) or not 0 < value < 1:
-            raise ConfigError(f"{key}={value!r} must lie strictly between 0 and 1")
-    if get(cfg, "logging.tensorboard") not in (True, False):
-        raise ConfigError(f"logging.tensorboard={get(cfg, 'logging.tensorboard')!r} must be true or false")
-    if get(cfg, "logging.tensorboard") and importlib.util.find_spec("tensorboard") is None:
-        raise ConfigError("logging.tensorboard=true needs the tensorboard package: pip install -e \".[tensorboard]\" "
-                          "(or pip install tensorboard), or set logging.tensorboard=false")
-    device = str(get(cfg, "client.device"))
-    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
-        raise ConfigError(f"client.device={device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
-    num_cpus = get(cfg, "client.num_cpus")
-    if not float(num_cpus).is_integer():  # > 0 is checked above
-        raise ConfigError(f"client.num_cpus={num_cpus!r} must be a whole number >= 1: it is both the Ray CPUs of "
-                          "a client actor and its torch threads; use 1 (one actor per core)")
-    share = get(cfg, "client.num_gpus")
-    if not _is_number(share) or not (share == -1 or share >= 0):
-        raise ConfigError(f"client.num_gpus={share!r} must be -1 (auto) or a GPU share >= 0, e.g. 0.25")
-    # Whether a GPU exists is a question for the node that runs the clients, not for this process:
-    # check_ray_resources (the simulation) and fedkt.train.pick_device (each client) ask it there.
-
-
-def synthetic_data_note(cfg: dict) -> str | None:
-    """One line when a data.root was given to a run on generated data (experiment=smoke), which reads none."""
-    root = str(get(cfg, "data.root"))
-    if get(cfg, "data.name") == "synthetic" and root not in ("", "data"):
-        return (f"data.name=synthetic (experiment=smoke): the run uses generated data and does not read "
-                f"data.root={root}; add data.name=cifar10 to use it")
-    return None
 
 
 def _is_number(value) -> bool:

@@ -37,13 +37,14 @@ def parse_injections(text: str) -> dict[tuple[int, int], str]:
 
 
 class FaultPlan:
-    def __init__(self, cfg: dict):
-        faults = cfg.get("faults", {})
-        self.fail_prob = float(faults.get("fail_prob", 0.0))
-        self.slow_seconds = float(faults.get("slow_seconds", 0.0))
-        self.plan = parse_injections(faults.get("inject", ""))
-        self.seed = int(cfg["seed"])
-        self.num_clients = int(cfg["num_clients"])
+    """What faults.* asks of the clients (fail_prob, inject, slow_seconds), for a run of num_clients clients."""
+
+    def __init__(self, fail_prob: float, inject: str, slow_seconds: float, seed: int, num_clients: int):
+        self.fail_prob = fail_prob
+        self.slow_seconds = slow_seconds
+        self.plan = parse_injections(inject)
+        self.seed = seed
+        self.num_clients = num_clients
 
     def before_fit(self, pid: int, rnd: int) -> None:
         kind = self.plan.get((pid, rnd))

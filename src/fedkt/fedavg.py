@@ -4,7 +4,7 @@ parameter averaging by Flower's own `FedAvg` strategy.
 `FederatedAveraging` keeps everything KnowledgeTransfer does for the records (partition ids, identity
 checks, failures, min_fit_fraction, one row per client per round, checkpoints) and hands the averaging to a
 wrapped `flwr.server.strategy.FedAvg` (weighted by each client's number of training samples). The clients
-must share one architecture (fedkt.config.validate says so before Ray starts); each round every client
+must share one architecture (fedkt.config.build_config says so before Ray starts); each round every client
 starts from the global model, trains on its shard and sends its whole model state back; evaluation sends
 the new global model to every client, which tests it on its own test split (the paper's metric, as for the
 other arms). The server holds no data: it builds the initial model for 3-channel images (CIFAR-10, the
@@ -18,17 +18,17 @@ import torch
 from flwr.common import EvaluateIns, FitIns, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.strategy import FedAvg
 
-from fedkt.config import get
+from fedkt.config import RunConfig
 from fedkt.models import build_model, model_arrays
 from fedkt.strategy import KnowledgeTransfer
 
 
 class FederatedAveraging(KnowledgeTransfer):
-    def __init__(self, cfg: dict, num_classes: int, on_round=None):
+    def __init__(self, cfg: RunConfig, num_classes: int, on_round=None):
         super().__init__(cfg, num_classes=num_classes, on_round=on_round)
-        torch.manual_seed(int(cfg["seed"]))
+        torch.manual_seed(cfg.seed)
         model = build_model(self.architectures[0], num_classes=num_classes, in_channels=3,
-                            norm=get(cfg, "model.norm"), stem=get(cfg, "model.stem"))
+                            norm=cfg.model.norm, stem=cfg.model.stem)
         self.global_arrays = model_arrays(model)
         # every client every round; how many must answer is min_fit_fraction's business (KnowledgeTransfer)
         self.fedavg = FedAvg(fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=1, min_evaluate_clients=1,
@@ -79,8 +79,8 @@ class FederatedAveraging(KnowledgeTransfer):
         self.global_arrays = [np.asarray(a) for a in state["global_arrays"]]
 
 
-def make_strategy(cfg: dict, num_classes: int, on_round=None) -> KnowledgeTransfer:
+def make_strategy(cfg: RunConfig, num_classes: int, on_round=None) -> KnowledgeTransfer:
     """The server strategy of cfg's algorithm."""
-    if get(cfg, "algorithm.name") == "fedavg":
+    if cfg.algorithm.name == "fedavg":
         return FederatedAveraging(cfg, num_classes=num_classes, on_round=on_round)
     return KnowledgeTransfer(cfg, num_classes=num_classes, on_round=on_round)

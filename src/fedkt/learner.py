@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fedkt.config import client_architectures, get
+from fedkt.config import RunConfig
 from fedkt.core import alignment_indices, shift_targets, soft_predictions
 from fedkt.models import build_model, load_model_arrays, model_arrays
 from fedkt.task import client_data, load_federation, public_data
@@ -40,23 +40,21 @@ class Learner:
     """One client's model, optimizer, learning-rate policy and data; `saved` is what state_bytes() returned at
     the end of its last round (None: a fresh model)."""
 
-    def __init__(self, cfg: dict, partition_id: int, saved: bytes | None = None):
-        c = cfg["client"]
+    def __init__(self, cfg: RunConfig, partition_id: int, saved: bytes | None = None):
+        c = cfg.client
         self.cfg = cfg
         self.partition_id = partition_id
-        self.architecture = client_architectures(cfg)[partition_id]
-        self.device = pick_device(c["device"])
-        set_threads(int(c["num_cpus"]))
+        self.architecture = cfg.architectures[partition_id]
+        self.device = pick_device(c.device)
+        set_threads(c.num_cpus)
         self.data = client_data(cfg, partition_id)
-        torch.manual_seed(int(cfg["seed"]) * 10_000 + partition_id)
+        torch.manual_seed(cfg.seed * 10_000 + partition_id)
         self.model = build_model(self.architecture, num_classes=load_federation(cfg)[0].num_classes,
-                                 in_channels=self.data.x_train.shape[1], norm=get(cfg, "model.norm"),
-                                 stem=get(cfg, "model.stem")).to(self.device)
-        self.optimizer = make_optimizer(self.model, float(c["lr"]), momentum=float(c["momentum"]),
-                                        weight_decay=float(c["weight_decay"]))
-        self.policy = LRPolicy(self.optimizer, policy=c["lr_policy"], base_lr=float(c["lr"]),
-                               patience=int(c["lr_patience"]), factor=float(c["lr_factor"]),
-                               total_steps=int(cfg["num_rounds"]))
+                                 in_channels=self.data.x_train.shape[1], norm=cfg.model.norm,
+                                 stem=cfg.model.stem).to(self.device)
+        self.optimizer = make_optimizer(self.model, c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        self.policy = LRPolicy(self.optimizer, policy=c.lr_policy, base_lr=c.lr, patience=c.lr_patience,
+                               factor=c.lr_factor, total_steps=cfg.num_rounds)
         self.rounds_done = 0
         if saved is not None:
             extra = state_from_bytes(saved, self.model, self.optimizer)
@@ -76,7 +74,7 @@ class Learner:
     def fit_round(self, server_round: int, epochs: int, target: np.ndarray | None = None, target_seed: int = -1,
                   next_seed: int = -1, global_arrays: list[np.ndarray] | None = None) -> tuple[list[np.ndarray], dict]:
         """Steps 1-5 above; returns (uploads, metrics)."""
-        seed = round_seed(self.cfg["seed"], self.partition_id, server_round)
+        seed = round_seed(self.cfg.seed, self.partition_id, server_round)
         metrics: dict = {}
         if global_arrays is not None:  # FedAvg: start from the global model, with a fresh momentum
             load_model_arrays(self.model, global_arrays)
@@ -102,18 +100,18 @@ class Learner:
 
     def warm_up(self, seed: int) -> None:
         """Before the first upload: transfer learning on the labelled public set, then private epochs."""
-        c = self.cfg["client"]
-        if int(c["warmup_public_epochs"]) > 0:
+        c = self.cfg.client
+        if c.warmup_public_epochs > 0:
             x_public, y_public = public_data(self.cfg)
-            train_epochs(self.model, x_public, y_public, self.optimizer, epochs=int(c["warmup_public_epochs"]),
-                         batch_size=int(c["batch_size"]), device=self.device, augment=bool(c["augment"]), seed=seed)
-        if int(c["warmup_epochs"]) > 0:
-            self.train(int(c["warmup_epochs"]), seed + 1)
+            train_epochs(self.model, x_public, y_public, self.optimizer, epochs=c.warmup_public_epochs,
+                         batch_size=c.batch_size, device=self.device, augment=c.augment, seed=seed)
+        if c.warmup_epochs > 0:
+            self.train(c.warmup_epochs, seed + 1)
 
     def distil(self, target: np.ndarray, target_seed: int, seed: int) -> dict:
         """Distil on the alignment subset of target_seed towards `target`; with client.distill_guard=val, undo it
         when it lowered the validation accuracy (the private optimizer is not touched by distillation)."""
-        guard = self.cfg["client"]["distill_guard"] == "val"
+        guard = self.cfg.client.distill_guard == "val"
         if guard:
             weights = {name: value.detach().clone() for name, value in self.model.state_dict().items()}
             val_before = self.validate()[1]
@@ -125,50 +123,48 @@ class Learner:
         return metrics
 
     def _distil(self, target: np.ndarray, target_seed: int, seed: int) -> float:
-        c, algo = self.cfg["client"], self.cfg["algorithm"]
+        c, algo = self.cfg.client, self.cfg.algorithm
         x_public, _ = public_data(self.cfg)
-        idx = alignment_indices(len(x_public), int(algo["align_size"]), target_seed)
-        optimizer = make_optimizer(self.model, self.distill_lr(), momentum=float(c["momentum"]),
-                                   weight_decay=float(c["weight_decay"]))
+        idx = alignment_indices(len(x_public), algo.align_size, target_seed)
+        optimizer = make_optimizer(self.model, self.distill_lr(), momentum=c.momentum, weight_decay=c.weight_decay)
         target = np.asarray(target, dtype=np.float32)
-        if algo["target_shift"] != "none":
+        if algo.target_shift != "none":
             counts = np.bincount(self.data.y_train.numpy(), minlength=target.shape[1])
-            target = shift_targets(target, counts, algo["target_shift"])
-        return float(distill(self.model, x_public[idx], torch.from_numpy(target),
-                             optimizer, epochs=int(algo["distill_epochs"]),
-                             batch_size=int(algo["distill_batch_size"]), temperature=float(algo["temperature"]),
-                             loss=algo["distill_loss"], device=self.device, seed=seed))
+            target = shift_targets(target, counts, algo.target_shift)
+        return float(distill(self.model, x_public[idx], torch.from_numpy(target), optimizer, epochs=algo.distill_epochs,
+                             batch_size=algo.distill_batch_size, temperature=algo.temperature, loss=algo.distill_loss,
+                             device=self.device, seed=seed))
 
     def distill_lr(self) -> float:
         """algorithm.distill_lr, scaled by the factor client.lr_policy has applied to the private rate so far
         (distill_lr_policy=follow), or as it is (fixed)."""
-        base = float(self.cfg["algorithm"]["distill_lr"])
-        if self.cfg["algorithm"]["distill_lr_policy"] == "fixed":
+        base = self.cfg.algorithm.distill_lr
+        if self.cfg.algorithm.distill_lr_policy == "fixed":
             return base
         return base * self.policy.lr / self.policy.base_lr
 
     def train(self, epochs: int, seed: int) -> dict:
-        c = self.cfg["client"]
+        c = self.cfg.client
         return train_epochs(self.model, self.data.x_train, self.data.y_train, self.optimizer, epochs=epochs,
-                            batch_size=int(c["batch_size"]), device=self.device, augment=bool(c["augment"]), seed=seed)
+                            batch_size=c.batch_size, device=self.device, augment=c.augment, seed=seed)
 
     def validate(self) -> tuple[float, float]:
         return evaluate_model(self.model, self.data.x_val, self.data.y_val,
-                              batch_size=int(self.cfg["client"]["eval_batch_size"]), device=self.device)
+                              batch_size=self.cfg.client.eval_batch_size, device=self.device)
 
     def predict(self, align_seed: int) -> np.ndarray:
         """What goes on the wire: logits (or probabilities at the temperature) on the subset of align_seed."""
-        algo = self.cfg["algorithm"]
+        algo = self.cfg.algorithm
         x_public, _ = public_data(self.cfg)
-        idx = alignment_indices(len(x_public), int(algo["align_size"]), align_seed)
-        logits = predict_logits(self.model, x_public[idx], batch_size=int(self.cfg["client"]["eval_batch_size"]),
+        idx = alignment_indices(len(x_public), algo.align_size, align_seed)
+        logits = predict_logits(self.model, x_public[idx], batch_size=self.cfg.client.eval_batch_size,
                                 device=self.device)
-        values = logits if algo["upload"] == "logits" else soft_predictions(logits, float(algo["temperature"]))
-        return np.asarray(values, dtype=np.float16 if algo["wire_dtype"] == "float16" else np.float32)
+        values = logits if algo.upload == "logits" else soft_predictions(logits, algo.temperature)
+        return np.asarray(values, dtype=np.float16 if algo.wire_dtype == "float16" else np.float32)
 
     def test(self, global_arrays: list[np.ndarray] | None = None) -> tuple[float, float]:
         """(loss, accuracy) on the client's own test split; FedAvg: of the global model."""
         if global_arrays is not None:
             load_model_arrays(self.model, global_arrays)
         return evaluate_model(self.model, self.data.x_test, self.data.y_test,
-                              batch_size=int(self.cfg["client"]["eval_batch_size"]), device=self.device)
+                              batch_size=self.cfg.client.eval_batch_size, device=self.device)

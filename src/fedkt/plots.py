@@ -29,7 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from fedkt.config import ConfigError, client_architectures, flatten
+from fedkt.config import ConfigError, flatten, recorded_architectures
 from fedkt.files import write_atomic
 from fedkt.results import human_bytes, read_csv, read_json, to_float
 
@@ -90,7 +90,7 @@ def run_title(run_dir: Path, config: dict | None = None, summary: dict | None = 
 
 def architectures_by_client(clients: list[dict], config: dict) -> dict[int, str]:
     """partition id -> architecture, from clients.csv's rows, else from the config's model.architectures
-    (fedkt.config.client_architectures); {} when neither says."""
+    (fedkt.config.recorded_architectures); {} when neither says."""
     archs: dict[int, str] = {}
     for row in clients:
         pid = to_float(row.get("partition_id"))
@@ -99,7 +99,7 @@ def architectures_by_client(clients: list[dict], config: dict) -> dict[int, str]
     if archs:
         return archs
     try:
-        return dict(enumerate(client_architectures(config)))
+        return dict(enumerate(recorded_architectures(config)))
     except (ConfigError, TypeError, ValueError):  # an old or hand-written config: no names, not an error
         return {}
 

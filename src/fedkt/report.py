@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedkt.config import client_architectures, flatten
+from fedkt.config import flatten, recorded_architectures
 from fedkt.files import write_atomic
 from fedkt.plots import new_figure, save_figure, write_run_figures
 from fedkt.results import format_duration, human_bytes, read_json, to_float
@@ -130,7 +130,7 @@ class Run:
         if not isinstance(accs, dict) or not accs:
             return {}
         try:
-            archs = client_architectures(self.config)
+            archs = recorded_architectures(self.config)
         except Exception:  # an old or hand-written config: no per-architecture figures, not an error
             return {}
         by_arch: dict[str, list[float]] = {}

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedkt.config import RunConfig
 from fedkt.files import write_atomic
 
 log = logging.getLogger("fedkt")
@@ -118,11 +119,11 @@ def read_checkpoint(run_dir: str | Path) -> dict | None:
 class RunRecorder:
     """Called by the strategy after every round; keeps the run directory up to date and logs progress."""
 
-    def __init__(self, run_dir: str | Path, cfg: dict):
+    def __init__(self, run_dir: str | Path, cfg: RunConfig):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.cfg = cfg
-        self.num_rounds = int(cfg["num_rounds"])
+        self.num_rounds = cfg.num_rounds
         self.rounds: list[dict] = []
         self.client_rows: list[dict] = []
         self.coefficients: list[np.ndarray] = []
@@ -174,7 +175,7 @@ class RunRecorder:
         basis = "" if len(seconds) > 1 or len(self.rounds) == self.num_rounds else " (from round 1, with its warm-up)"
         return (f"round {record['round']}/{self.num_rounds} | mean test acc {record['mean_test_acc']:.4f} "
                 f"(min {record['min_test_acc']:.3f}, max {record['max_test_acc']:.3f}) | "
-                f"clients {record['eval_clients']}/{self.cfg['num_clients']}, failures "
+                f"clients {record['eval_clients']}/{self.cfg.num_clients}, failures "
                 f"{record.get('fit_failures', 0) + record.get('eval_failures', 0)}, rejected {record.get('rejected', 0)} | "
                 f"{record['seconds']:.1f} s | about {format_duration(left)} left{basis}")
 
@@ -187,10 +188,10 @@ class RunRecorder:
         summary = {
             "status": self.status,
             "error": self.error,
-            "algorithm": self.cfg["algorithm"]["name"],
-            "partition": self.cfg["partition"]["scheme"],
-            "seed": self.cfg["seed"],
-            "num_clients": self.cfg["num_clients"],
+            "algorithm": self.cfg.algorithm.name,
+            "partition": self.cfg.partition.scheme,
+            "seed": self.cfg.seed,
+            "num_clients": self.cfg.num_clients,
             "num_rounds": self.num_rounds,
             "rounds_completed": len(self.rounds),
             "final_mean_test_acc": history[-1] if history else None,

@@ -14,7 +14,7 @@ from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 from flwr.superlink.grid import InMemoryGrid
 
 from fedkt.app_config import cfg_from_run_config, check_data_root, check_federation_size, make_run_dir
-from fedkt.config import ConfigError, get, synthetic_data_note, unflatten
+from fedkt.config import ConfigError, RunConfig
 from fedkt.plots import write_run_figures
 from fedkt.results import RunRecorder, dump_json
 from fedkt.tracking import TensorBoardLog
@@ -23,7 +23,7 @@ from fedkt.fedavg import make_strategy
 log = logging.getLogger("fedkt")
 
 
-def make_server_app(cfg: dict, num_classes: int, on_round=None, holder: dict | None = None,
+def make_server_app(cfg: RunConfig, num_classes: int, on_round=None, holder: dict | None = None,
                     state: dict | None = None) -> ServerApp:
     """A ServerApp over `cfg`, continuing from a checkpointed server `state` if given; the strategy it
     builds is put in holder["strategy"] for the caller."""
@@ -34,20 +34,19 @@ def make_server_app(cfg: dict, num_classes: int, on_round=None, holder: dict | N
             strategy.load_state_dict(state)
         if holder is not None:
             holder["strategy"] = strategy
-        timeout = float(get(cfg, "round_timeout")) or None
-        rounds_left = int(cfg["num_rounds"]) - strategy.round_offset
-        return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=rounds_left, round_timeout=timeout))
+        rounds_left = cfg.num_rounds - strategy.round_offset
+        return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=rounds_left, round_timeout=cfg.round_timeout or None))
 
     return ServerApp(server_fn=server_fn)
 
 
-def run_and_record(cfg: dict, run_dir: Path, num_classes: int, recorder: RunRecorder,
+def run_and_record(cfg: RunConfig, run_dir: Path, num_classes: int, recorder: RunRecorder,
                    launch: Callable[[ServerApp], None], state: dict | None = None) -> dict:
     """Build the ServerApp, hand it to `launch` (the Ray simulation, or a SuperLink's grid), and after every
     round write the records and the checkpoint; at the end (or on failure) the summary and the figures."""
     holder: dict = {}
-    n = int(cfg["num_clients"])
-    board = TensorBoardLog(run_dir) if get(cfg, "logging.tensorboard") else None
+    n = cfg.num_clients
+    board = TensorBoardLog(run_dir) if cfg.logging.tensorboard else None
 
     def on_round(record, rows, c):
         answered = {row["partition_id"] for row in rows if "test_acc" in row}
@@ -57,14 +56,14 @@ def run_and_record(cfg: dict, run_dir: Path, num_classes: int, recorder: RunReco
             nodes = {p: node for node, p in holder["strategy"].node_to_partition.items()}
             names = ", ".join(f"{p} (node {nodes[p]})" if p in nodes else str(p) for p in missing)
             log.warning("round %d: no test result from client(s) %s: lost, failed, or past round_timeout=%s s; "
-                        "the round went on without them", record["round"], names, get(cfg, "round_timeout"))
+                        "the round went on without them", record["round"], names, cfg.round_timeout)
         recorder(record, rows, c)
         if board is not None:
             board(record, rows, c)
         recorder.save_checkpoint(holder["strategy"].state_dict())
 
     server_app = make_server_app(cfg, num_classes=num_classes, on_round=on_round, holder=holder, state=state)
-    if len(recorder.rounds) < int(cfg["num_rounds"]):
+    if len(recorder.rounds) < cfg.num_rounds:
         try:
             launch(server_app)
         except BaseException as error:  # keep what the finished rounds wrote, and say why it stopped
@@ -74,7 +73,7 @@ def run_and_record(cfg: dict, run_dir: Path, num_classes: int, recorder: RunReco
         finally:
             if board is not None:
                 board.close()
-    done = len(recorder.rounds) == int(cfg["num_rounds"])
+    done = len(recorder.rounds) == cfg.num_rounds
     summary = recorder.finish("completed" if done else "incomplete")
     write_run_figures(run_dir)
     final = summary["final_mean_test_acc"]
@@ -92,25 +91,22 @@ def run_server(grid, context: Context) -> dict:
     try:
         cfg = cfg_from_run_config(context.run_config)
         if isinstance(grid, InMemoryGrid):  # a simulation: every SuperNode exists from the start
-            check_federation_size(len(list(grid.get_node_ids())), int(cfg["num_clients"]))
+            check_federation_size(len(list(grid.get_node_ids())), cfg.num_clients)
             check_data_root(context.run_config, cfg)
     except ConfigError as error:
         log.error("fedkt: %s", error)
         log.error("fedkt: the run FAILED before it started (`flwr run` exits 0 all the same)")
         raise
     warn_runtime_install()
-    note = synthetic_data_note(unflatten(dict(context.run_config)))
-    if note:
-        log.warning("%s", note)
-    log.info("paths: data.root=%s, output_dir=%s (relative ones are taken from %s)", get(cfg, "data.root"),
-             get(cfg, "output_dir"), Path.cwd())
+    log.info("paths: data.root=%s, output_dir=%s (relative ones are taken from %s)", cfg.data.root,
+             cfg.output_dir, Path.cwd())
     run_dir = make_run_dir(cfg, context.run_id)
-    cfg = dict(cfg, run_dir=str(run_dir))
-    dump_json(run_dir / "config.json", cfg)
-    log.info("%s on %s, %d clients, %d rounds -> %s", get(cfg, "algorithm.name"), get(cfg, "partition.scheme"),
-             cfg["num_clients"], cfg["num_rounds"], run_dir)
+    cfg = cfg.replace(run_dir=str(run_dir))
+    dump_json(run_dir / "config.json", cfg.to_dict())
+    log.info("%s on %s, %d clients, %d rounds -> %s", cfg.algorithm.name, cfg.partition.scheme,
+             cfg.num_clients, cfg.num_rounds, run_dir)
     try:
-        return run_and_record(cfg, run_dir, int(get(cfg, "data.num_classes")), RunRecorder(run_dir, cfg),
+        return run_and_record(cfg, run_dir, cfg.data.num_classes, RunRecorder(run_dir, cfg),
                               lambda server_app: server_app(grid, context))
     except BaseException as error:
         log.error("fedkt: the run FAILED (`flwr run` exits 0 all the same): %s; results so far in %s", error,

@@ -26,8 +26,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from fedkt.client_app import make_client_app
-from fedkt.config import (CONF_DIR, ConfigError, base_defaults, check_ray_resources, client_architectures, flatten,
-                          get, gpus_per_client, synthetic_data_note, unflatten, validate)
+from fedkt.config import (CONF_DIR, ConfigError, RunConfig, base_defaults, build_config, check_ray_resources, flatten,
+                          gpus_per_client, synthetic_data_note, unflatten)
 from fedkt.data import DataError
 from fedkt.results import RunRecorder, dump_json, read_checkpoint
 from fedkt.server_app import run_and_record
@@ -69,30 +69,31 @@ def cluster_gpus() -> float:
     return float(sum(node["Resources"].get("GPU", 0) for node in ray.nodes() if node["Alive"]))
 
 
-def backend_config(cfg: dict) -> dict:
+def backend_config(cfg: RunConfig) -> dict:
     """Ray resources per client (a GPU share where the clients' nodes have a GPU) and Ray's start-up arguments."""
-    verbose = bool(get(cfg, "logging.verbose"))
+    verbose = cfg.logging.verbose
     init_args: dict = {"logging_level": logging.INFO if verbose else logging.WARNING, "log_to_driver": verbose}
-    address = str(get(cfg, "ray.address"))
+    address = cfg.ray.address
     gpus = node_gpus(address)
     if address:
         init_args["address"] = address
     else:
         init_args.update(num_cpus=os.cpu_count() or 1, num_gpus=int(gpus))
-    return {"client_resources": {"num_cpus": int(get(cfg, "client.num_cpus")), "num_gpus": gpus_per_client(cfg, gpus)},
+    return {"client_resources": {"num_cpus": cfg.client.num_cpus, "num_gpus": gpus_per_client(cfg, gpus)},
             "init_args": init_args}
 
 
-def run(cfg: dict, run_dir: str | Path) -> dict:
-    """Check the config and the data, then run the federation; returns the summary (also summary.json)."""
-    configure_logging(bool(get(cfg, "logging.verbose")))
-    validate(cfg)
-    check_ray_resources(cfg, node_gpus(str(get(cfg, "ray.address"))))
+def run(cfg: dict | RunConfig, run_dir: str | Path) -> dict:
+    """Check the config (a nested dict, as Hydra gives it, or a RunConfig) and the data, then run the
+    federation; returns the summary (also summary.json)."""
+    cfg = build_config(cfg)
+    configure_logging(cfg.logging.verbose)
+    check_ray_resources(cfg, node_gpus(cfg.ray.address))
     if synthetic_data_note(cfg):
         log.warning("%s", synthetic_data_note(cfg))
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg = dict(cfg, run_dir=str(run_dir.resolve()))
+    cfg = cfg.replace(run_dir=str(run_dir.resolve()))
     try:
         data, partition = load_federation(cfg)
     except DataError:
@@ -102,11 +103,11 @@ def run(cfg: dict, run_dir: str | Path) -> dict:
     labels = data.y_train.numpy()
     (run_dir / "partition.txt").write_text(partition.summary(labels, data.classes))
     partition.to_json(run_dir / "partition.json")
-    dump_json(run_dir / "config.json", cfg)
+    dump_json(run_dir / "config.json", cfg.to_dict())
     return _federate(cfg, run_dir, data.num_classes, RunRecorder(run_dir, cfg))
 
 
-def load_run_config(run_dir: Path) -> dict:
+def load_run_config(run_dir: Path) -> RunConfig:
     """A run's own config.json, validated. Keys added to fedkt after the run was recorded take today's
     defaults (logged), so a run killed before an upgrade still resumes with the settings it ran with."""
     if not (run_dir / "config.json").exists():
@@ -116,18 +117,16 @@ def load_run_config(run_dir: Path) -> dict:
     if added:
         log.warning("resume: %s was recorded before these settings existed; they take their defaults: %s", run_dir,
                     ", ".join(f"{k}={v}" for k, v in added.items()))
-    cfg = unflatten({**added, **saved})
-    validate(cfg)
-    return cfg
+    return build_config(unflatten({**added, **saved}))
 
 
 def resume(run_dir: str | Path) -> dict:
     """Continue a killed run from its last complete round, in its own directory, with its own config."""
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
-    configure_logging(bool(get(cfg, "logging.verbose")))
-    check_ray_resources(cfg, node_gpus(str(get(cfg, "ray.address"))))
-    if get(cfg, "client.state_store") != "disk":
+    configure_logging(cfg.logging.verbose)
+    check_ray_resources(cfg, node_gpus(cfg.ray.address))
+    if cfg.client.state_store != "disk":
         raise ConfigError(f"resume={run_dir}: that run kept client state in memory (client.state_store=context); "
                           "only runs with client.state_store=disk can be resumed")
     data, _ = load_federation(cfg)
@@ -137,18 +136,18 @@ def resume(run_dir: str | Path) -> dict:
     except ValueError as error:
         raise ConfigError(f"resume={run_dir}: {error}") from None
     state = None if checkpoint is None else recorder.restore(checkpoint)
-    log.info("resuming %s after round %d of %d", run_dir, state["round"] if state else 0, cfg["num_rounds"])
+    log.info("resuming %s after round %d of %d", run_dir, state["round"] if state else 0, cfg.num_rounds)
     return _federate(cfg, run_dir, data.num_classes, recorder, state)
 
 
-def _federate(cfg: dict, run_dir: Path, num_classes: int, recorder: RunRecorder, state: dict | None = None) -> dict:
-    archs = client_architectures(cfg)
-    log.info("%s on %s, %d clients (%s), %d rounds -> %s", cfg["algorithm"]["name"], cfg["partition"]["scheme"],
-             cfg["num_clients"], _count(archs), cfg["num_rounds"], run_dir)
+def _federate(cfg: RunConfig, run_dir: Path, num_classes: int, recorder: RunRecorder,
+              state: dict | None = None) -> dict:
+    log.info("%s on %s, %d clients (%s), %d rounds -> %s", cfg.algorithm.name, cfg.partition.scheme,
+             cfg.num_clients, _count(cfg.architectures), cfg.num_rounds, run_dir)
 
     def launch(server_app):
-        run_simulation(server_app=server_app, client_app=make_client_app(cfg), num_supernodes=int(cfg["num_clients"]),
-                       backend_config=backend_config(cfg), verbose_logging=bool(get(cfg, "logging.verbose")))
+        run_simulation(server_app=server_app, client_app=make_client_app(cfg), num_supernodes=cfg.num_clients,
+                       backend_config=backend_config(cfg), verbose_logging=cfg.logging.verbose)
 
     return run_and_record(cfg, run_dir, num_classes, recorder, launch, state)
 

@@ -22,7 +22,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
 from fedkt.aggregation import KnowledgeServer, local_epochs
-from fedkt.config import client_architectures, get
+from fedkt.config import RunConfig
 from fedkt.progress import RoundProgress
 
 log = logging.getLogger("fedkt")
@@ -39,15 +39,15 @@ class KnowledgeTransfer(Strategy):
     one row per client, and c (KT-pFL) or None.
     """
 
-    def __init__(self, cfg: dict, num_classes: int, on_round: Callable | None = None):
+    def __init__(self, cfg: RunConfig, num_classes: int, on_round: Callable | None = None):
         self.cfg = cfg
-        self.algorithm = get(cfg, "algorithm.name")
-        self.num_clients = int(get(cfg, "num_clients"))
-        self.num_rounds = int(get(cfg, "num_rounds"))
-        self.architectures = client_architectures(cfg)
+        self.algorithm = cfg.algorithm.name
+        self.num_clients = cfg.num_clients
+        self.num_rounds = cfg.num_rounds
+        self.architectures = cfg.architectures
         self.server = KnowledgeServer(cfg, num_classes)  # the algorithm's side: c, targets, upload checks
         self.on_round = on_round
-        self.min_fit_clients = math.ceil(float(get(cfg, "min_fit_fraction")) * self.num_clients)
+        self.min_fit_clients = math.ceil(cfg.min_fit_fraction * self.num_clients)
         self.node_to_partition: dict[str, int] = {}
         self.round_offset = 0  # rounds done before a resume: Flower counts from 1 again
         self._live: set[str] = set()
@@ -77,7 +77,7 @@ class KnowledgeTransfer(Strategy):
         self._round = {"round": server_round, "start": time.time(), "bytes_down": 0}
         self._clients = {}
         self._listed(server_round, client_manager)  # a client known to be gone is not waited for
-        client_manager.wait_for(self.num_clients - len(self._gone), timeout=float(get(self.cfg, "round_timeout")) or 60)
+        client_manager.wait_for(self.num_clients - len(self._gone), timeout=self.cfg.round_timeout or 60)
         proxies = self._listed(server_round, client_manager)
         if self.targets:
             self._identify(proxies)
@@ -89,7 +89,7 @@ class KnowledgeTransfer(Strategy):
             "target_seed": -1,
             "target_partition": -1,
         }
-        wire = np.float16 if get(self.cfg, "algorithm.wire_dtype") == "float16" else np.float32
+        wire = np.float16 if self.cfg.algorithm.wire_dtype == "float16" else np.float32
         instructions = []
         for proxy in proxies:
             config, arrays = dict(base), []
@@ -129,7 +129,7 @@ class KnowledgeTransfer(Strategy):
             try:
                 # as long as a round may wait: a fresh ClientApp's first message (imports, data) can take over a
                 # minute on a loaded machine, and a node that does not answer gets no target this round
-                res = proxy.get_properties(GetPropertiesIns({}), timeout=float(get(self.cfg, "round_timeout")) or 600,
+                res = proxy.get_properties(GetPropertiesIns({}), timeout=self.cfg.round_timeout or 600,
                                            group_id=self._round["round"])
                 pid = res.properties.get("partition_id")
             except Exception as error:  # an unreachable node simply gets no target this round
@@ -172,7 +172,7 @@ class KnowledgeTransfer(Strategy):
             raise FederationError(
                 f"round {server_round}: only {len(self._clients)} of {self.num_clients} clients answered with a "
                 f"valid update ({len(failures)} failed, {len(rejected)} rejected); min_fit_fraction="
-                f"{get(self.cfg, 'min_fit_fraction')} needs {self.min_fit_clients}. The last complete round's "
+                f"{self.cfg.min_fit_fraction} needs {self.min_fit_clients}. The last complete round's "
                 f"results and checkpoint are kept in the run directory.")
         if uploads:
             self._update_targets(server_round, uploads)

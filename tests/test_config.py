@@ -1,0 +1,83 @@
+"""The typed configuration: RunConfig has one field per key of conf/config.yaml (the only place defaults live),
+build_config converts and checks every value once, and below the edges no module reads configuration by key."""
+
+import dataclasses
+import re
+import typing
+from pathlib import Path
+
+import pytest
+
+from fedkt import config
+from fedkt.config import ConfigError, RunConfig, SETTINGS, base_defaults, build_config, compose, flatten, load_config
+
+SRC = Path(config.__file__).resolve().parent
+
+
+def test_every_key_of_conf_is_a_typed_field_and_no_field_lacks_a_default_in_conf():
+    assert set(SETTINGS) == set(flatten(base_defaults()))
+    cfg = build_config(base_defaults())
+    for key, (kind, _) in SETTINGS.items():
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        assert type(value) is kind, (key, value, kind)
+
+
+def test_every_preset_and_algorithm_builds():
+    for preset in ("quick", "smoke", "paper_type1", "paper_type2", "paper_cpu"):
+        for algorithm in ("ktpfl", "fedmd", "local"):
+            cfg = load_config([f"experiment={preset}", f"algorithm={algorithm}"])
+            assert cfg.algorithm.name == algorithm and len(cfg.architectures) == cfg.num_clients
+
+
+def test_values_are_converted_once_and_refused_with_the_key():
+    cfg = load_config(["client.lr=1", "client.num_cpus=2.0", "round_timeout=600", "model.architectures=[lenet,alexnet]"])
+    assert cfg.client.lr == 1.0 and isinstance(cfg.client.lr, float)
+    assert cfg.client.num_cpus == 2 and isinstance(cfg.client.num_cpus, int)
+    assert cfg.round_timeout == 600.0 and cfg.model.architectures == "lenet,alexnet"
+    for override, message in (("num_rounds=2.5", "num_rounds=2.5 must be a whole number"),
+                              ("client.lr=fast", "client.lr='fast' must be a number"),
+                              ("client.augment=1", "client.augment=1 must be true or false"),
+                              ("client.lr=-1", "client.lr=-1 must be a number > 0"),
+                              ("model.norm=layer", "model.norm='layer' is not allowed; choose one of: none, batch")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config([override])
+
+
+def test_unknown_and_missing_keys_are_named():
+    values = compose([])
+    values["client"]["lrr"] = 0.1  # a typo in a run config or an old config.json
+    with pytest.raises(ConfigError, match=r"unknown config key 'client\.lrr'; did you mean 'client\.lr'\?"):
+        build_config(values)
+    values = compose([])
+    del values["algorithm"]["rho"]
+    with pytest.raises(ConfigError, match=r"config key 'algorithm\.rho' is missing"):
+        build_config(values)
+
+
+def test_a_config_is_frozen_and_round_trips_through_its_dict():
+    cfg = load_config(["experiment=smoke"], run_dir="/tmp/run")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.client.lr = 0.5
+    assert build_config(cfg.to_dict()) == cfg and cfg.to_dict()["run_dir"] == "/tmp/run"
+    assert hash(cfg.data) == hash(load_config(["experiment=smoke"]).data)  # it keys the data caches
+
+
+def test_allowed_values_have_one_source():
+    hints = typing.get_type_hints(config.AlgorithmConfig)
+    assert hints["objective"] is str
+    assert config.CHOICES["algorithm.objective"] == config.OBJECTIVES
+    assert config.CHOICES["partition.scheme"] == config.SCHEMES
+
+
+# Where configuration enters (Hydra, the run config, the node config) and where recorded runs are read back
+EDGES = {"config.py", "app_config.py", "sim.py", "deploy.py", "report.py", "plots.py"}
+READ_BY_KEY = re.compile(r"""\bcfg\s*\[|\bcfg\.get\(|\bget\(\s*(self\.)?cfg\b|\bconfig\[["'](client|algorithm|model|data)""")
+
+
+def test_below_the_edges_configuration_is_read_by_attribute_only():
+    offenders = [f"{path.name}:{n}: {line.strip()}" for path in sorted(SRC.glob("*.py")) if path.name not in EDGES
+                 for n, line in enumerate(path.read_text().splitlines(), 1) if READ_BY_KEY.search(line)]
+    assert offenders == []
+    assert READ_BY_KEY.search('lr = cfg["client"]["lr"]') and READ_BY_KEY.search('get(self.cfg, "seed")')

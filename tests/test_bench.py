@@ -24,3 +24,23 @@ def test_round_profile_prints_every_step_for_every_architecture(tmp_path):
     share = next(line for line in lines if line.startswith("| share of a round"))
     assert share.rstrip().endswith("| 100 % |")
     assert any(line.startswith("server step (KT-pFL, 4 clients):") for line in lines)
+
+
+def test_same_figures_ignores_wall_time_and_names_what_moved(tmp_path):
+    import numpy as np
+
+    def run(name, loss="2.25", seconds="1.0", c=0.5):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "metrics.csv").write_text(f"round,mean_test_acc,mean_test_loss,seconds\n1,0.5,{loss},{seconds}\n")
+        (folder / "clients.csv").write_text(f"round,partition_id,test_acc,fit_seconds\n1,0,0.5,{seconds}\n")
+        np.save(folder / "coefficients.npy", np.full((1, 2, 2), c))
+        return str(folder)
+
+    script = [sys.executable, str(REPO / "scripts" / "same_figures.py")]
+    same = subprocess.run([*script, run("a"), run("b", seconds="9.9")], capture_output=True, text=True, timeout=60)
+    assert same.returncode == 0 and "SAME" in same.stdout, same.stdout + same.stderr
+    moved = subprocess.run([*script, run("c"), run("d", loss="2.2500001", c=0.6)], capture_output=True, text=True,
+                           timeout=60)
+    assert moved.returncode == 1
+    assert "mean_test_loss (2.25 -> 2.2500001)" in moved.stdout and "coefficients.npy: differs" in moved.stdout

@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from fedkt.config import load_config
+from fedkt.config import base_defaults, build_config
 from fedkt.partition import make_partition
 from fedkt.plots import architectures_by_client, client_classes, row_entropy, write_run_figures
 from fedkt.report import ReportCallback, find_runs, main, write_report
@@ -35,9 +35,13 @@ def make_config(run_dir, algorithm, partition, seed, num_rounds, num_clients=4, 
 
 @functools.lru_cache(maxsize=None)
 def recorder_config(algorithm, partition, seed, num_rounds, num_clients):
-    """What RunRecorder needs of the run (config.json itself is the short, old-style dict above)."""
-    return load_config([f"algorithm={algorithm}", f"partition={partition}", f"seed={seed}", f"num_rounds={num_rounds}",
-                        f"num_clients={num_clients}", "model.architectures=lenet"])
+    """What RunRecorder needs of the run (config.json itself is the short, old-style dict above); from
+    conf/config.yaml without Hydra, which may be running already (the multirun test's app calls fake_run)."""
+    values = base_defaults()
+    values.update(seed=seed, num_rounds=num_rounds, num_clients=num_clients)
+    values["algorithm"]["name"], values["partition"]["scheme"] = algorithm, partition
+    values["model"]["architectures"] = "lenet"
+    return build_config(values)
 
 
 def fake_run(run_dir, algorithm="ktpfl", partition="type1", seed=0, history=(0.2, 0.3, 0.4), num_rounds=None,

@@ -1,0 +1,69 @@
+"""bench/budget_gap.py: the preset's budget (the local arm) against training to convergence, on generated data."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from fedkt.aggregation import local_epochs
+from fedkt.config import load_config
+from fedkt.learner import Learner, round_seed
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "bench" / "budget_gap.py"
+SMOKE = ["experiment=smoke", "model.architectures=[lenet,alexnet]"]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("budget_gap", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_budget_gap_prints_a_row_per_client_and_architecture(tmp_path):
+    env = dict(os.environ, FEDKT_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(REPO / "src"))
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--data", "unused", "--set", *SMOKE, "--clients-per-arch",
+                           "1", "--max-epochs", "4", "--patience", "2"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("$ python ") and "num_rounds 2" in lines[1]
+    header = next(line for line in lines if line.startswith("| architecture"))
+    for column in ("pid", "budget epochs", "budget test acc", "best-val epoch", "converged test acc", "gap (points)"):
+        assert f" {column}" in header, column
+    cfg = load_config(["experiment=smoke"])
+    budget_epochs = cfg.client.warmup_epochs + sum(local_epochs(cfg, r) for r in range(1, cfg.num_rounds + 1))
+    for arch in ("lenet", "alexnet"):
+        rows = [line.split("|")[1:-1] for line in lines if line.startswith(f"| {arch} |")]
+        assert len(rows) == 1, (arch, proc.stdout)
+        assert int(rows[0][2]) == budget_epochs
+        assert any(line.startswith(f"| **{arch} (mean of 1)** |") for line in lines)
+    assert lines[-1].startswith(("budget enough", "budget too small"))
+
+
+def test_budget_is_the_local_arm_and_convergence_is_chosen_by_validation(monkeypatch):
+    script = load_script()
+    cfg = load_config(["algorithm=local", *SMOKE])
+
+    # budget: what the local arm's loop gives, written out step by step
+    learner = Learner(cfg, 0)
+    for r in range(1, cfg.num_rounds + 1):
+        if r == 1:
+            learner.warm_up(round_seed(cfg.seed, 0, 1))
+        learner.train(local_epochs(cfg, r), round_seed(cfg.seed, 0, r))
+        learner.policy.step(learner.validate()[1])
+    budget = script.budget_result(cfg, 0)
+    assert (budget["test_loss"], budget["test_acc"]) == learner.test()
+
+    # converged: the epoch of the best validation accuracy, never the best test accuracy; stop after `patience`
+    val = iter([0.2, 0.5, 0.4, 0.5, 0.3, 0.9])
+    test = iter([0.1, 0.3, 0.8, 0.9, 0.7, 0.6])
+    monkeypatch.setattr(Learner, "train", lambda self, epochs, seed: {"loss": 0.0, "acc": 0.0})
+    monkeypatch.setattr(Learner, "validate", lambda self: (0.0, next(val)))
+    monkeypatch.setattr(Learner, "test", lambda self: (0.0, next(test)))
+    result = script.converged_result(cfg, 0, max_epochs=6, patience=3)
+    assert result["best_epoch"] == 2 and result["epochs_run"] == 5
+    assert result["test_acc"] == 0.3
+    assert [h[0] for h in result["history"]] == [1, 2, 3, 4, 5]

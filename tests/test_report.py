@@ -401,3 +401,15 @@ def test_figures_name_architectures_from_the_config_when_clients_csv_lacks_them(
     assert architectures_by_client([{"partition_id": "1", "architecture": "resnet18"}], config) == {1: "resnet18"}
     assert architectures_by_client([], {"model": {"architectures": "lenet,nosuchnet"}, "num_clients": 2}) == {}
 
+
+
+def test_seed_by_seed_curves_show_what_the_mean_hides(tmp_path):
+    fake_run(tmp_path / "one" / "ktpfl_s0", seed=0, history=(0.3, 0.4))
+    assert not (write_report(tmp_path / "one").out_dir / "seeds_type1.png").exists()  # one seed: the mean says it
+    for seed, history in ((0, (0.3, 0.5, 0.6)), (1, (0.3, 0.5, 0.2))):  # seed 1 collapses in round 3
+        fake_run(tmp_path / "two" / f"ktpfl_s{seed}", seed=seed, history=history)
+        fake_run(tmp_path / "two" / f"local_s{seed}", algorithm="local", seed=seed, history=(0.3, 0.35, 0.4))
+    report = write_report(tmp_path / "two")
+    figure = report.out_dir / "seeds_type1.png"
+    assert figure in report.figures and figure.stat().st_size > 10_000
+    assert "![seeds_type1](seeds_type1.png)" in report.markdown.read_text()

@@ -15,6 +15,8 @@ report.md holds:
 - the same table per architecture: each architecture's clients' mean final test accuracy, mean over seeds;
 - one curve figure per partition (curves_<partition>.png): mean test accuracy per round of each algorithm
   (and setting), mean over seeds with a +-1 sample-std band; runs that did not complete are drawn dotted;
+- where a group has two seeds or more, seeds_<partition>.png: the same curves seed by seed, one panel each (a
+  mean over seeds hides one seed's collapse);
 - paired differences: for each partition x setting and each pair of algorithms, the final accuracy of one
   minus the other on the same seed (same shards), as mean over the matching seeds with a 95 % confidence
   interval (Student t, n-1 degrees of freedom), and a verdict: one arm ahead when the interval excludes zero,
@@ -396,6 +398,48 @@ def plot_curves(runs: list[Run], groups: list[Group], out_dir: Path) -> list[Pat
     return written
 
 
+def plot_seed_curves(groups: list[Group], out_dir: Path) -> list[Path]:
+    """seeds_<partition>.png: one panel per seed, each group's mean test accuracy per round in that seed (a mean over
+    seeds hides one seed's collapse); drawn where some group has two seeds or more."""
+    written = []
+    settings = sorted({g.setting for g in groups}, key=natural_key)
+    dashes = ["-", "--", "-.", (0, (5, 1, 1, 1, 1, 1))]
+    for partition in sorted({g.partition for g in groups}, key=lambda p: _order(p, PARTITION_ORDER)):
+        mine = [g for g in groups if g.partition == partition]
+        seeds = sorted({str(r.seed) for g in mine for r in g.runs}, key=natural_key)
+        if len(seeds) < 2:
+            continue
+        cols = min(len(seeds), 5)
+        rows = math.ceil(len(seeds) / cols)
+        fig = new_figure(2.9 * cols, 2.6 * rows + 1.0)
+        axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False).ravel()
+        for ax, seed in zip(axes, seeds):
+            for group in mine:
+                colour, marker = _algorithm_style(group.algorithm)
+                style = dashes[settings.index(group.setting) % len(dashes)] if len(settings) > 1 else "-"
+                for run in (r for r in group.runs if str(r.seed) == seed):
+                    label = group.algorithm + (f" [{group.setting}]" if group.setting else "")
+                    ax.plot(range(1, len(run.history) + 1), run.history, ls=style, marker=marker, ms=3, lw=1.4,
+                            color=colour, label=label)
+            ax.set_title(f"seed {seed}", fontsize=9)
+            ax.grid(True, alpha=0.3)
+        for ax in axes[len(seeds):]:
+            ax.set_visible(False)
+        for ax in axes[::cols]:
+            ax.set_ylabel("mean test acc", fontsize=8)
+        for ax in axes[len(seeds) - cols:len(seeds)]:
+            ax.set_xlabel("round", fontsize=8)
+        legend = {}  # label -> handle, from every panel: a group may lack a seed
+        for ax in axes[:len(seeds)]:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                legend.setdefault(label, handle)
+        handles, labels = list(legend.values()), list(legend)
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3), fontsize=7.5)
+        fig.suptitle(f"Mean test accuracy per round, seed by seed — partition {partition}", fontsize=9.5)
+        written.append(save_figure(fig, out_dir / f"seeds_{_safe(partition)}.png"))
+    return written
+
+
 def plot_sweep(groups: list[Group], paired: list[Paired], x_key: str, out_dir: Path) -> list[Path]:
     """sweep_<partition>.png: left, each algorithm's final accuracy against the config key x_key (mean over
     seeds, 95 % interval); right, the paired gains against x_key (0 = level). One line per algorithm (or pair)
@@ -607,7 +651,7 @@ def render_markdown(report: Report, paths) -> str:
                   "Final test accuracy of each architecture's clients: their mean within a run, then the mean "
                   "over the group's seeds.", ""] + per_arch
     lines += ["", "## Runs left out", ""] + excluded_lines(runs)
-    curves = [f for f in report.figures if f.name.startswith("curves_")]
+    curves = [f for f in report.figures if f.name.startswith(("curves_", "seeds_"))]
     if curves:
         lines += ["", "## Accuracy per round", ""]
         for f in curves:
@@ -618,7 +662,7 @@ def render_markdown(report: Report, paths) -> str:
         for f in sweeps:
             lines += [f"![{f.stem}]({os.path.relpath(f, report.out_dir)})", ""]
     lines += ["", "## Runs", ""] + runs_table(runs, with_setting)
-    others = [f for f in report.figures if not f.name.startswith(("curves_", "sweep_"))]
+    others = [f for f in report.figures if not f.name.startswith(("curves_", "seeds_", "sweep_"))]
     if others:
         lines += ["", "## Per-run figures", ""]
         lines += [f"- [{os.path.relpath(f, report.out_dir)}]({os.path.relpath(f, report.out_dir)})" for f in others]
@@ -681,6 +725,7 @@ def write_report(paths, out_dir=None, run_figures: bool = False, x_key: str | No
     figures: list[Path] = []
     try:
         figures += plot_curves(runs, groups, out)
+        figures += plot_seed_curves(groups, out)
         if x_key:
             figures += plot_sweep(groups, paired, x_key, out)
     except Exception as error:  # the tables matter more than a figure

@@ -103,3 +103,32 @@ def test_the_validation_guard_keeps_a_distillation_that_does_no_harm(tmp_path, m
     assert metrics["distill_kept"] == 1
     (distilled,) = seen
     assert all(torch.equal(client.learner.model.state_dict()[k], v) for k, v in distilled.items())
+
+
+@pytest.mark.parametrize("policy", ["fixed", "follow"])
+def test_a_distillation_rate_that_follows_the_lowered_private_rate_keeps_the_clients_classes(tmp_path, monkeypatch,
+                                                                                               policy):
+    """Issue 21's remedy on tiny data: the plateau policy has cut the private rate 50-fold when a swamping target
+    arrives; distilled at the fixed rate (the KT-pFL code) the client loses its own classes, at the rate that
+    follows the policy (the default) it keeps them."""
+    client = make_client(tmp_path, monkeypatch, "partition=type2", "client.warmup_epochs=15", "client.augment=false",
+                         "algorithm.distill_epochs=10", "client.lr_policy=plateau", "client.lr_patience=1",
+                         "client.lr_factor=0.02", f"algorithm.distill_lr_policy={policy}", "num_rounds=3")
+    context = client.store.context
+    client.fit([], {"round": 1, "epochs": 1, "next_seed": 5, "target_seed": -1, "target_partition": -1})
+    learned = client.evaluate([], {"round": 1})[2]["test_acc"]
+    client = client_app.KnowledgeClient(client.cfg, context)  # round 2 trains nothing: no better validation,
+    client.fit([], {"round": 2, "epochs": 0, "next_seed": 6, "target_seed": -1, "target_partition": -1})  # rate cut
+    own = np.unique(client.learner.data.y_train.numpy())
+    target = np.zeros((64, 10), dtype=np.float32)
+    target[:, np.setdiff1d(np.arange(10), own)[0]] = 1.0
+    client = client_app.KnowledgeClient(client.cfg, context)
+    _, _, metrics = client.fit([target], {"round": 3, "epochs": 1, "next_seed": 7, "target_seed": 6,
+                                          "target_partition": 1})
+    after = client.evaluate([], {"round": 3})[2]["test_acc"]
+    assert metrics["lr"] == pytest.approx(0.02 * 0.02)  # the private rate the policy left
+    assert learned >= 0.9
+    if policy == "fixed":
+        assert metrics["distill_lr"] == pytest.approx(0.02) and after <= learned - 0.4
+    else:
+        assert metrics["distill_lr"] == pytest.approx(0.02 * 0.02) and after >= learned - 0.05

@@ -40,6 +40,8 @@ def test_values_are_converted_once_and_refused_with_the_key():
                               ("client.lr=fast", "client.lr='fast' must be a number"),
                               ("client.augment=1", "client.augment=1 must be true or false"),
                               ("client.lr=-1", "client.lr=-1 must be a number > 0"),
+                              ("client.lr_patience=0", "client.lr_patience=0 must be a number > 0"),  # passed, then
+                              # every client failed in the learning-rate policy (patience must be >= 1)
                               ("model.norm=layer", "model.norm='layer' is not allowed; choose one of: none, batch")):
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_config([override])

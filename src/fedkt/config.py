@@ -89,7 +89,7 @@ class ClientConfig:
     local_epochs: int = _positive()
     max_local_epochs: int = _non_negative()
     lr_policy: str = _one_of(*LR_POLICIES)
-    lr_patience: int = _non_negative()
+    lr_patience: int = _positive()
     lr_factor: float = _positive()
     augment: bool = field()
     warmup_epochs: int = _non_negative()

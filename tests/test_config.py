@@ -63,6 +63,9 @@ def test_a_config_is_frozen_and_round_trips_through_its_dict():
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.client.lr = 0.5
     assert build_config(cfg.to_dict()) == cfg and cfg.to_dict()["run_dir"] == "/tmp/run"
+    changed = dataclasses.replace(cfg, client=dataclasses.replace(cfg.client, batch_size=0))  # bypasses the build
+    with pytest.raises(ConfigError, match=r"client\.batch_size=0 must be a number > 0"):
+        build_config(changed)
     assert hash(cfg.data) == hash(load_config(["experiment=smoke"]).data)  # it keys the data caches
 
 

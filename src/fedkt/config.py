@@ -267,7 +267,8 @@ def _build(cls, values: dict, prefix: str):
 def build_config(values: dict | RunConfig) -> RunConfig:
     """The nested config dict (Hydra's, an unflattened run config, a run's config.json) as a checked RunConfig;
     raises ConfigError on the first value that cannot work. Runs before data loading and Ray."""
-    cfg = values if isinstance(values, RunConfig) else _build(RunConfig, dict(values), "")
+    # a RunConfig made by hand or changed with dataclasses.replace is checked field by field too
+    cfg = _build(RunConfig, values.to_dict() if isinstance(values, RunConfig) else dict(values), "")
     _check_rules(cfg)
     return cfg
 

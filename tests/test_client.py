@@ -54,31 +54,36 @@ def test_target_shift_needs_probability_targets():
         build_config(compose(["algorithm.target_shift=mine"]))
 
 
-def swamped_client(tmp_path, monkeypatch, guard):
-    """A type-2 client that has learned its two classes, then is sent a target that puts all mass on a class
-    it does not hold, distilled for 10 epochs: the late collapse of issue 21 in a few seconds."""
+def swamped_client(tmp_path, monkeypatch, *overrides, idle_rounds=0):
+    """A type-2 client that has learned its two classes, then (after `idle_rounds` rounds that train nothing) is sent
+    a target that puts all mass on a class it does not hold, distilled for 10 epochs: the late collapse of issue 21
+    in a few seconds. Returns (test accuracy before, after, the swamped round's metrics)."""
     client = make_client(tmp_path, monkeypatch, "partition=type2", "client.warmup_epochs=15", "client.augment=false",
-                         "algorithm.distill_epochs=10", f"client.distill_guard={guard}")
+                         "algorithm.distill_epochs=10", *overrides)
     context = client.store.context
     client.fit([], {"round": 1, "epochs": 1, "next_seed": 5, "target_seed": -1, "target_partition": -1})
     learned = client.evaluate([], {"round": 1})[2]["test_acc"]
+    for rnd in range(2, 2 + idle_rounds):
+        client = client_app.KnowledgeClient(client.cfg, context)
+        client.fit([], {"round": rnd, "epochs": 0, "next_seed": 4 + rnd, "target_seed": -1, "target_partition": -1})
     own = np.unique(client.learner.data.y_train.numpy())
     target = np.zeros((64, 10), dtype=np.float32)
     target[:, np.setdiff1d(np.arange(10), own)[0]] = 1.0
     client = client_app.KnowledgeClient(client.cfg, context)
-    _, _, metrics = client.fit([target], {"round": 2, "epochs": 1, "next_seed": 6, "target_seed": 5,
+    rnd = 2 + idle_rounds
+    _, _, metrics = client.fit([target], {"round": rnd, "epochs": 1, "next_seed": 5 + rnd, "target_seed": 4 + rnd,
                                           "target_partition": 1})
-    return learned, client.evaluate([], {"round": 2})[2]["test_acc"], metrics
+    return learned, client.evaluate([], {"round": rnd})[2]["test_acc"], metrics
 
 
 def test_distillation_that_swamps_the_private_classes_erases_them_without_the_guard(tmp_path, monkeypatch):
-    learned, after, metrics = swamped_client(tmp_path, monkeypatch, "none")
+    learned, after, metrics = swamped_client(tmp_path, monkeypatch, "client.distill_guard=none")
     assert learned >= 0.9 and after <= learned - 0.4
     assert "distill_kept" not in metrics
 
 
 def test_the_validation_guard_undoes_a_distillation_that_lowers_validation_accuracy(tmp_path, monkeypatch):
-    learned, after, metrics = swamped_client(tmp_path, monkeypatch, "val")
+    learned, after, metrics = swamped_client(tmp_path, monkeypatch, "client.distill_guard=val")
     assert learned >= 0.9 and after >= learned - 0.05
     assert metrics["distill_kept"] == 0
 
@@ -111,21 +116,9 @@ def test_a_distillation_rate_that_follows_the_lowered_private_rate_keeps_the_cli
     """Issue 21's remedy on tiny data: the plateau policy has cut the private rate 50-fold when a swamping target
     arrives; distilled at the fixed rate (the KT-pFL code) the client loses its own classes, at the rate that
     follows the policy (the default) it keeps them."""
-    client = make_client(tmp_path, monkeypatch, "partition=type2", "client.warmup_epochs=15", "client.augment=false",
-                         "algorithm.distill_epochs=10", "client.lr_policy=plateau", "client.lr_patience=1",
-                         "client.lr_factor=0.02", f"algorithm.distill_lr_policy={policy}", "num_rounds=3")
-    context = client.store.context
-    client.fit([], {"round": 1, "epochs": 1, "next_seed": 5, "target_seed": -1, "target_partition": -1})
-    learned = client.evaluate([], {"round": 1})[2]["test_acc"]
-    client = client_app.KnowledgeClient(client.cfg, context)  # round 2 trains nothing: no better validation,
-    client.fit([], {"round": 2, "epochs": 0, "next_seed": 6, "target_seed": -1, "target_partition": -1})  # rate cut
-    own = np.unique(client.learner.data.y_train.numpy())
-    target = np.zeros((64, 10), dtype=np.float32)
-    target[:, np.setdiff1d(np.arange(10), own)[0]] = 1.0
-    client = client_app.KnowledgeClient(client.cfg, context)
-    _, _, metrics = client.fit([target], {"round": 3, "epochs": 1, "next_seed": 7, "target_seed": 6,
-                                          "target_partition": 1})
-    after = client.evaluate([], {"round": 3})[2]["test_acc"]
+    learned, after, metrics = swamped_client(  # round 2 trains nothing: no better validation, the rate is cut
+        tmp_path, monkeypatch, "client.lr_policy=plateau", "client.lr_patience=1", "client.lr_factor=0.02",
+        f"algorithm.distill_lr_policy={policy}", "num_rounds=3", idle_rounds=1)
     assert metrics["lr"] == pytest.approx(0.02 * 0.02)  # the private rate the policy left
     assert learned >= 0.9
     if policy == "fixed":

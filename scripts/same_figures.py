@@ -3,7 +3,8 @@ clients.csv row by row, every column except wall times, and coefficients.npy exa
 
     python scripts/same_figures.py RUN_BEFORE RUN_AFTER [MORE_BEFORE MORE_AFTER ...]
 
-Prints SAME or the first difference per file, and exits 1 when anything differs. On CPU the same config and seed
+Prints SAME or the first difference per file, and exits 1 when anything differs. A column only one run has (a record
+added by a newer version, such as server_seconds or coef_steps) is named, not compared. On CPU the same config and seed
 give the same figures (fedkt.learner), so any difference is the change's doing; a refactor must print SAME."""
 import csv
 import sys
@@ -26,6 +27,10 @@ def differences(before: Path, after: Path) -> list[str]:
             found.append(f"{name}: missing in {before if not (before / name).exists() else after}")
             continue
         a, b = rows(before / name), rows(after / name)
+        only = ({k for r in a for k in r} ^ {k for r in b for k in r})
+        if only:
+            print(f"  {name}: columns in one run only, not compared: {', '.join(sorted(only))}")
+            a, b = ([{k: v for k, v in r.items() if k not in only} for r in rows_] for rows_ in (a, b))
         if a != b:
             first = next(((i, x, y) for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
             if first is None:

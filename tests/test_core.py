@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fedkt.core import (
+    PATIENCE,
     KnowledgeCoefficients,
     adaptive_step,
     check_predictions,
@@ -149,6 +150,67 @@ def test_several_steps_equal_repeated_reference_steps():
     for _ in range(3):
         want = update_reference(want, probs)
     np.testing.assert_allclose(kc.update(probs), want, atol=1e-12)
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_watched_objective_is_the_objective_of_the_c_kept(objective):
+    """With coef_tol > 0 the loss computed on the way (its constant part added back) is exactly loss(c)."""
+    rng = np.random.default_rng(5)
+    probs, c0 = random_probs(rng, 6), random_stochastic(rng, 6)
+    kc = KnowledgeCoefficients(6, objective=objective, normalize="simplex", steps=7, tol=1e-9)
+    kc.c = c0.copy()
+    kc.update(probs)
+    assert kc.last_loss == pytest.approx(kc.loss(probs), rel=1e-9)
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_stopping_rule_keeps_the_best_c_of_the_plain_steps(objective):
+    """tol > 0 follows the same steps as tol = 0, keeps the iterate of lowest objective among those it computed,
+    and stops after PATIENCE steps without a tol-sized improvement."""
+    rng = np.random.default_rng(6)
+    n, steps, tol = 6, 30, 1e-2
+    probs, c0 = random_probs(rng, n), random_stochastic(rng, n)
+    plain = KnowledgeCoefficients(n, objective=objective, normalize="simplex", steps=1)
+    plain.c = c0.copy()
+    iterates, losses = [c0.copy()], [plain.loss(probs)]
+    for _ in range(steps):
+        iterates.append(plain.update(probs))
+        losses.append(plain.loss(probs))
+    best, stale, stop = np.inf, 0, steps
+    for k, loss in enumerate(losses):
+        stale = 0 if k == 0 or loss < best - tol * abs(best) else stale + 1
+        best = min(best, loss)
+        if stale == PATIENCE:
+            stop = k
+            break
+    watched = KnowledgeCoefficients(n, objective=objective, normalize="simplex", steps=steps, tol=tol)
+    watched.c = c0.copy()
+    got = watched.update(probs)
+    assert watched.last_steps == stop
+    assert stop < steps  # the rule did stop early here
+    keep = int(np.argmin(losses[:stop + 1]))
+    np.testing.assert_allclose(got, iterates[keep], atol=1e-12)
+    assert watched.loss(probs) <= losses[stop] + 1e-12
+
+
+def test_stopping_rule_stops_where_nothing_is_left_to_gain():
+    """Identical clients and c already uniform: no step can lower the objective, so c stays as it was after
+    PATIENCE steps, while tol = 0 takes every step."""
+    rng = np.random.default_rng(7)
+    probs = np.repeat(random_probs(rng, 1), 5, axis=0)
+    watched = KnowledgeCoefficients(5, normalize="simplex", steps=20, tol=1e-6)
+    np.testing.assert_allclose(watched.update(probs), np.full((5, 5), 0.2), atol=1e-12)
+    assert watched.last_steps == PATIENCE
+    plain = KnowledgeCoefficients(5, normalize="simplex", steps=20)
+    plain.update(probs)
+    assert (plain.last_steps, plain.last_loss) == (20, None)
+
+
+def test_coefficient_device_auto_and_a_missing_gpu():
+    assert KnowledgeCoefficients(3, device="auto").device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA"):
+            KnowledgeCoefficients(3, device="cuda")
 
 
 # --------------------------------------------------------------------------- targets
@@ -323,6 +385,9 @@ def test_bad_arguments_raise():
         KnowledgeCoefficients(4, objective="l1")
     with pytest.raises(ValueError):
         KnowledgeCoefficients(4, normalize="relu")
+    for tol in (-0.1, 1.5):
+        with pytest.raises(ValueError):
+            KnowledgeCoefficients(4, tol=tol)
     kc = KnowledgeCoefficients(4)
     with pytest.raises(ValueError):
         kc.update(np.ones((3, 5, 2)) / 2)  # wrong number of clients

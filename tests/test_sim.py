@@ -45,6 +45,7 @@ def test_smoke_run_writes_metrics(tmp_path, algorithm):
         assert np.abs(c[-1] - 0.25).max() > 1e-3  # c moved from 1/N
         rows = json.loads((run / "metrics.json").read_text())
         assert rows[1]["bytes_down"] > 0  # round 2 sent personalised targets
+        assert all(r["coef_steps"] == 20 and 0 < r["server_seconds"] < r["seconds"] for r in rows)  # the server's step
     else:
         assert not (run / "coefficients.npy").exists()
     assert (run / "tensorboard").exists() == tensorboard

@@ -56,7 +56,8 @@ def make_coefficients(cfg: RunConfig) -> KnowledgeCoefficients:
                         algo.coef_steps, algo.align_size, estimate)
     return KnowledgeCoefficients(
         cfg.num_clients, rho=algo.rho, objective=algo.objective, step_size=algo.coef_step or None,
-        steps=algo.coef_steps, normalize=algo.normalize, tau=algo.tau, weighting=algo.weighting, topk=algo.topk)
+        steps=algo.coef_steps, tol=algo.coef_tol, device=algo.coef_device, normalize=algo.normalize, tau=algo.tau,
+        weighting=algo.weighting, topk=algo.topk)
 
 
 class KnowledgeServer:
@@ -94,8 +95,10 @@ class KnowledgeServer:
             return f"expected one array of predictions, got {len(arrays)}"
         return check_predictions(arrays[0], self.align_size, self.num_classes, kind=self.cfg.algorithm.upload)
 
-    def update(self, server_round: int, uploads: dict[int, np.ndarray]) -> None:
-        """The accepted uploads of round r (partition id -> predictions) become the clients' next targets."""
+    def update(self, server_round: int, uploads: dict[int, np.ndarray]) -> dict:
+        """The accepted uploads of round r (partition id -> predictions) become the clients' next targets.
+        Returns what the round's record keeps of it: KT-pFL's steps on c (coef_steps) and, when algorithm.coef_tol
+        watches it, the objective of the c kept (coef_loss)."""
         present = np.zeros(self.num_clients, dtype=bool)
         present[list(uploads)] = True
         values = np.zeros((self.num_clients, self.align_size, self.num_classes), dtype=np.float32)
@@ -111,11 +114,16 @@ class KnowledgeServer:
             targets = self.coefficients.targets(probs, present)
             for pid in uploads:  # absent clients keep their last target (and its alignment subset)
                 self.targets[pid] = (server_round, np.asarray(targets[pid], dtype=np.float32))
+            facts = {"coef_steps": self.coefficients.last_steps}
+            if self.coefficients.last_loss is not None:
+                facts["coef_loss"] = self.coefficients.last_loss
+            return facts
         else:  # fedmd: one consensus for everyone
             mode = self.cfg.algorithm.consensus
             consensus = fedmd_consensus(values if mode == "logits" else probs, present, mode=mode)
             consensus = np.asarray(consensus, dtype=np.float32)
             self.targets = {pid: (server_round, consensus) for pid in range(self.num_clients)}
+            return {}
 
     def state_dict(self) -> dict:
         return {"coefficients": None if self.coefficients is None else self.coefficients.state_dict(),

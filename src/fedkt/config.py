@@ -113,6 +113,8 @@ class AlgorithmConfig:
     objective: str = _one_of(*OBJECTIVES)
     coef_step: float = _non_negative()  # 0 = adaptive
     coef_steps: int = _positive()
+    coef_tol: float = _fraction()
+    coef_device: str = _one_of("auto", "cpu", "cuda")
     normalize: str = _one_of(*NORMALIZATIONS)
     tau: float = _positive()
     weighting: str = _one_of(*WEIGHTINGS)

@@ -32,6 +32,7 @@ from fedkt.config import NORMALIZATIONS, OBJECTIVES, TARGET_SHIFTS, WEIGHTINGS
 
 LOGIT_BOUND = 1e4  # |logit| above this is rejected by check_predictions
 KL_EPS = 1e-12  # floor on s_i inside log (only bites when a row of c has zeros)
+PATIENCE = 5  # KT-pFL with coef_tol > 0: steps on c without a tol-sized improvement before they stop
 
 
 # -----------------------------------------------------------------------------
@@ -145,11 +146,21 @@ def _data_grad(q, flat, objective, num_samples, gram=None):
     """d/dq of sum_i D(p_i, s_i) with s = q @ flat; q (n, n) float64, flat (n, M*C).
     KL:  D_i = (1/M) sum p_i log(p_i / s_i)    -> grad = -(1/M) (P / S) P^T
     MSE: D_i = mean over M*C of (p_i - s_i)^2  -> grad = 2/(M C) (q G - G), G = P P^T"""
+    return _data_loss_then_grad(q, flat, objective, num_samples, gram, with_loss=False)[1]()
+
+
+def _data_loss_then_grad(q, flat, objective, num_samples, gram=None, with_loss=True):
+    """(sum_i D_i at q less its constant part (KL: the entropy term; MSE: sum p^2), or None without with_loss;
+    a function giving the gradient). The loss comes from the S = q @ P the KL gradient needs anyway (one
+    elementwise log more); the gradient's own product is only computed when asked for."""
     if objective == "kl":
         S = q.to(flat.dtype) @ flat
-        R = torch.div(flat, S.clamp_min_(KL_EPS), out=S)  # reuse S's memory
-        return -(R @ flat.T).double() / num_samples
-    return 2.0 * (q @ gram - gram) / flat.shape[1]
+        S.clamp_min_(KL_EPS)
+        loss = -torch.special.xlogy(flat, S).double().sum().item() / num_samples if with_loss else None
+        # reuses S's memory: call once
+        return loss, lambda: -(torch.div(flat, S, out=S) @ flat.T).double() / num_samples
+    loss = ((q @ gram * q).sum() - 2 * (q * gram).sum()).item() / flat.shape[1] if with_loss else None
+    return loss, lambda: 2.0 * (q @ gram - gram) / flat.shape[1]
 
 
 def _data_loss(q, flat, objective, num_samples):
@@ -158,6 +169,13 @@ def _data_loss(q, flat, objective, num_samples):
         kl = torch.special.xlogy(flat, flat) - torch.special.xlogy(flat, S.clamp_min_(KL_EPS))
         return kl.double().sum().item() / num_samples
     return ((flat - S) ** 2).double().sum().item() / flat.shape[1]
+
+
+def _loss_constant(flat, objective, num_samples):
+    """The part of sum_i D_i that does not depend on c (what _data_grad's loss leaves out)."""
+    if objective == "kl":
+        return torch.special.xlogy(flat, flat).double().sum().item() / num_samples
+    return (flat.double() ** 2).sum().item() / flat.shape[1]
 
 
 class KnowledgeCoefficients:
@@ -169,9 +187,15 @@ class KnowledgeCoefficients:
     simplex), all rows at once; then targets(probs, present) gives client i its s_i.
     step_size=None uses the KT-pFL code's adaptive per-row step (see adaptive_step).
     device: where the update and the targets are computed (c itself stays a CPU numpy array);
-    "cpu" (default) or e.g. "cuda" for a server with a GPU (results then differ in the last digits).
+    "cpu" (default), "auto" (cuda where the machine has it) or e.g. "cuda" for a server with a GPU
+    (results then differ in the last digits).
     weighting="cosine" / "topk" replace the trained c by similarity weights.
-    steps=k is the single-step update applied k times to the same predictions.
+    steps=k is the single-step update applied k times to the same predictions (tol=0). tol > 0
+    stops them when L has stopped falling: the best c seen is kept, and the steps end once
+    PATIENCE steps in a row did not lower the best L by tol * L (at most k steps). Why not a
+    test on the change of c: the adaptive step keeps the step's length, so c never settles
+    (docs/RESULTS.md, server step). L comes from the product q @ P the next step's gradient needs
+    anyway (KL: one log more), so a step costs what it did.
 
     Caveat of the adaptive step: it fixes the step's length (mean |change| of a row of
     0.01-0.05 before renormalisation), not rho, so c hovers around the minimiser instead
@@ -179,7 +203,7 @@ class KnowledgeCoefficients:
     step_size below 1 / (2 * rho) is a plain convergent descent on the penalty.
     """
 
-    def __init__(self, num_clients, rho=0.7, objective="kl", step_size=None, steps=1,
+    def __init__(self, num_clients, rho=0.7, objective="kl", step_size=None, steps=1, tol=0.0,
                  normalize="softmax", tau=0.2, weighting="trained", topk=3, device="cpu"):
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -187,15 +211,22 @@ class KnowledgeCoefficients:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-        if num_clients < 1 or steps < 1 or topk < 1 or tau <= 0 or rho < 0:
-            raise ValueError("need num_clients, steps, topk >= 1, tau > 0 and rho >= 0")
+        if num_clients < 1 or steps < 1 or topk < 1 or tau <= 0 or rho < 0 or not 0 <= tol <= 1:
+            raise ValueError("need num_clients, steps, topk >= 1, tau > 0, rho >= 0 and 0 <= tol <= 1")
         self.num_clients = int(num_clients)
         self.rho, self.objective, self.step_size, self.steps = float(rho), objective, step_size, int(steps)
+        self.tol = float(tol)
+        self.last_steps, self.last_loss = 0, None  # of the last update: steps kept on c, objective after them
         self.normalize, self.tau, self.weighting, self.topk = normalize, float(tau), weighting, int(topk)
         self.c = np.full((num_clients, num_clients), 1.0 / num_clients)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for the coefficient update, but this machine has no CUDA; "
+                             "use 'auto' or 'cpu'")
 
-    _CONFIG = ("rho", "objective", "step_size", "steps", "normalize", "tau", "weighting", "topk")
+    _CONFIG = ("rho", "objective", "step_size", "steps", "tol", "normalize", "tau", "weighting", "topk")
 
     def _inputs(self, probs, present):
         """(N, M, C) tensor, its numpy-ness, present indices and the (n, M*C) present block."""
@@ -220,20 +251,41 @@ class KnowledgeCoefficients:
             q = self._trained_steps(q, flat, P3.shape[1])
         else:
             q = similarity_weights(flat, self.weighting, self.topk)
+            self.last_steps, self.last_loss = 0, None
         self.c[ix] = (mass * q).cpu().numpy()
         return self.c.copy()
 
     def _trained_steps(self, q, flat, num_samples):
+        """Up to `steps` steps on the present block q. tol = 0: every step is taken and the last c kept (the
+        KT-pFL code's way). tol > 0: the objective is watched, the best c seen is kept, and the steps stop once
+        PATIENCE steps in a row have not improved on the best by tol of its value. Sets last_steps (steps
+        computed: what the round cost) and last_loss (the objective at the returned q; None when tol = 0)."""
         n = q.shape[0]
         gram = _gram(flat) if self.objective == "mse" else None  # reused across steps
-        for _ in range(self.steps):
-            grad = _data_grad(q, flat, self.objective, num_samples, gram) + 2 * self.rho * (q - 1.0 / n)
-            if self.step_size is None:
-                lr = adaptive_step(grad.abs().mean(1))[:, None]
-            else:
-                lr = self.step_size
-            q = _normalize(q - lr * grad, self.normalize, self.tau)
-        return q
+        if self.tol == 0:
+            for _ in range(self.steps):
+                q = self._step(q, _data_grad(q, flat, self.objective, num_samples, gram), n)
+            self.last_steps, self.last_loss = self.steps, None
+            return q
+        constant = _loss_constant(flat, self.objective, num_samples)
+        best_q, best_loss, stale = q, float("inf"), 0
+        for taken in range(self.steps + 1):  # the objective of c after `taken` steps, then (maybe) one more step
+            data_loss, data_grad = _data_loss_then_grad(q, flat, self.objective, num_samples, gram)
+            loss = constant + data_loss + self.rho * ((q - 1.0 / n) ** 2).sum().item()
+            stale = 0 if taken == 0 or loss < best_loss - self.tol * abs(best_loss) else stale + 1
+            if loss < best_loss:
+                best_q, best_loss = q, loss
+            if stale == PATIENCE or taken == self.steps:
+                break
+            q = self._step(q, data_grad(), n)
+        self.last_steps, self.last_loss = taken, best_loss
+        return best_q
+
+    def _step(self, q, data_grad, n):
+        """One renormalised gradient step on L from q."""
+        grad = data_grad + 2 * self.rho * (q - 1.0 / n)
+        lr = adaptive_step(grad.abs().mean(1))[:, None] if self.step_size is None else self.step_size
+        return _normalize(q - lr * grad, self.normalize, self.tau)
 
     def targets(self, probs, present=None):
         """(N, M, C) personalised targets: row i is s_i = sum_j c_ij p_j over present j."""

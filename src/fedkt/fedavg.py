@@ -58,13 +58,14 @@ class FederatedAveraging(KnowledgeTransfer):
                 return "non-finite parameters"
         return None
 
-    def _update_targets(self, server_round: int, uploads: dict) -> None:
+    def _update_targets(self, server_round: int, uploads: dict) -> dict:
         """The accepted uploads (partition id -> node, as just recorded) averaged by Flower's FedAvg."""
         nodes = {pid: node for node, pid in self.node_to_partition.items()}
         accepted = [self._fit_results[nodes[pid]] for pid in sorted(uploads)]  # a sum in a fixed order: same seed, same figures
         parameters, _ = self.fedavg.aggregate_fit(server_round, accepted, [])
         self.global_arrays = [np.asarray(a).astype(w.dtype) for a, w in
                               zip(parameters_to_ndarrays(parameters), self.global_arrays)]
+        return {}
 
     def configure_evaluate(self, server_round, parameters, client_manager):
         params = ndarrays_to_parameters(self.global_arrays)

@@ -175,7 +175,9 @@ class KnowledgeTransfer(Strategy):
                 f"{self.cfg.min_fit_fraction} needs {self.min_fit_clients}. The last complete round's "
                 f"results and checkpoint are kept in the run directory.")
         if uploads:
-            self._update_targets(server_round, uploads)
+            start = time.perf_counter()
+            facts = self._update_targets(server_round, uploads)
+            self._round.update(server_seconds=time.perf_counter() - start, **facts)
         return None, {"fit_failures": len(failures), "rejected": len(rejected)}
 
     def _check_identity(self, node: str, pid, claimed) -> str | None:
@@ -225,8 +227,9 @@ class KnowledgeTransfer(Strategy):
     def _check_upload(self, arrays: list[np.ndarray]) -> str | None:
         return self.server.check_upload(arrays)
 
-    def _update_targets(self, server_round: int, uploads: dict[int, np.ndarray]) -> None:
-        self.server.update(server_round, uploads)
+    def _update_targets(self, server_round: int, uploads: dict[int, np.ndarray]) -> dict:
+        """The server's step; returns facts for the round's record (fedkt.aggregation.KnowledgeServer.update)."""
+        return self.server.update(server_round, uploads)
 
     # -- checkpoints -------------------------------------------------------------------------------
 

@@ -48,3 +48,24 @@ def test_same_figures_ignores_wall_time_and_names_what_moved(tmp_path):
                            timeout=60)
     assert moved.returncode == 1
     assert "mean_test_loss (2.25 -> 2.2500001)" in moved.stdout and "coefficients.npy: differs" in moved.stdout
+
+
+def test_coef_steps_replays_kept_rounds_at_each_tolerance(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for r in (1, 2):
+        logits = rng.normal(size=(5, 40, 4)) * 2
+        probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+        np.savez(tmp_path / f"round{r:03d}.npz", probs=probs.astype(np.float32), c=np.full((5, 5), 0.2),
+                 present=np.ones(5, bool))
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "coef_steps.py"), "--replay", str(tmp_path),
+                           "--max-steps", "30", "--tol", "0", "0.01"], capture_output=True, text=True, timeout=120,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines() if line.startswith("| 0")]
+    plain, watched = ([float(x) for x in row] for row in rows)
+    assert plain[:4] == [0, 20, 20, 20]  # tol 0: every step of algorithm.coef_steps
+    assert watched[0] == 0.01 and watched[3] <= 20 and watched[2] >= 5  # at least PATIENCE steps, at most 20
+    assert -1 < plain[4] <= 1 and -1 < watched[4] <= 1

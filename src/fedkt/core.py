@@ -156,7 +156,8 @@ def _data_loss_then_grad(q, flat, objective, num_samples, gram=None, with_loss=T
     if objective == "kl":
         S = q.to(flat.dtype) @ flat
         S.clamp_min_(KL_EPS)
-        loss = -torch.special.xlogy(flat, S).double().sum().item() / num_samples if with_loss else None
+        # S >= KL_EPS, so no 0 * log 0; row sums in flat's dtype (pairwise, exact to ~1e-9 here), then float64
+        loss = -(flat * S.log()).sum(1).double().sum().item() / num_samples if with_loss else None
         # reuses S's memory: call once
         return loss, lambda: -(torch.div(flat, S, out=S) @ flat.T).double() / num_samples
     loss = ((q @ gram * q).sum() - 2 * (q * gram).sum()).item() / flat.shape[1] if with_loss else None

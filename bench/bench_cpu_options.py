@@ -14,7 +14,8 @@ median from the same interleaved run: 0.90x means the option takes 90 % of the d
 1.10x means 10 % dearer. Compare ratios, not absolute times: machines differ 4-9x and the load average (printed)
 says how much other processes took. Kinds and their defaults:
 
-- training: SGD step, cross-entropy, batch 32 -- default memory format vs channels_last (model and inputs);
+- training: SGD step, cross-entropy, batch 32 -- default memory format vs channels_last (model and inputs); and what
+  the per-sample augmentation (fedkt.train.augment_batch: random crop and flip, vectorized) adds to a step;
 - distillation: SGD step, KL to soft targets, batch 256 -- the same two variants;
 - prediction: --samples images in eval mode -- torch.no_grad (today's fedkt.train._eval_mode) vs
   torch.inference_mode at batch 512, then batches 128 / 512 / 2048 (ratios to 512) in the faster mode;
@@ -37,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from fedkt.models import ARCHITECTURES, build_model
-from fedkt.train import distillation_loss, make_optimizer, set_threads, usable_cores
+from fedkt.train import augment_batch, distillation_loss, make_optimizer, set_threads, usable_cores
 
 NUM_CLASSES = 10
 TRAIN_BATCH = 32
@@ -96,6 +97,27 @@ def training_step(model, x, y):
         loss.backward()
         optimizer.step()
     return step
+
+
+def augmented_training_step(model, x, y):
+    """The training step on an augmented copy of the batch, as train_epochs does with client.augment."""
+    model.train()
+    optimizer = make_optimizer(model, lr=0.01)
+    generator = torch.Generator().manual_seed(0)
+
+    def step():
+        loss = F.cross_entropy(model(augment_batch(x, generator)), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def augmentation_ratio(base, x, y, steps, reps):
+    """Seconds of the augmented training step over the plain one, timed side by side."""
+    medians = timed_variants({"plain": training_step(copy.deepcopy(base), x, y),
+                              "augmented": augmented_training_step(copy.deepcopy(base), x, y)}, steps, reps)
+    return medians["augmented"] / medians["plain"]
 
 
 def distillation_step(model, x, targets):
@@ -244,15 +266,19 @@ def main():
             training=memory_format_ratios(base, training_step, (x_train, y_train), args.steps, args.reps),
             distillation=memory_format_ratios(base, distillation_step, (x_distill, soft_targets),
                                               args.distill_steps, args.reps),
-            prediction=prediction_ratios(base, x_predict, args.reps))
+            prediction=prediction_ratios(base, x_predict, args.reps),
+            augmentation=augmentation_ratio(base, x_train, y_train, args.steps, args.reps))
         if args.compile:
             results[arch]["compile"] = compile_payback(base, x_train, y_train, args.steps, args.reps)
         print(f"  ({arch} done, {load_line()})", flush=True)
 
-    for kind, batch in (("training", TRAIN_BATCH), ("distillation", DISTILL_BATCH)):
-        print_table(f"{kind} step (batch {batch}): memory format",
-                    ["arch", "default ms/step", "channels_last"],
-                    [[arch, f"{r[kind][0] * 1e3:.2f}", ratio(r[kind][1])] for arch, r in results.items()])
+    print_table(f"training step (batch {TRAIN_BATCH}): memory format, and the augmentation's cost",
+                ["arch", "default ms/step", "channels_last", "with augmentation"],
+                [[arch, f"{r['training'][0] * 1e3:.2f}", ratio(r["training"][1]), ratio(r["augmentation"])]
+                 for arch, r in results.items()])
+    print_table(f"distillation step (batch {DISTILL_BATCH}): memory format",
+                ["arch", "default ms/step", "channels_last"],
+                [[arch, f"{r['distillation'][0] * 1e3:.2f}", ratio(r["distillation"][1])] for arch, r in results.items()])
     print_table(f"prediction ({args.samples:,} samples)",
                 ["arch", f"no_grad s (batch {PREDICT_BATCH})", "inference_mode", "faster mode",
                  *(f"batch {b}" for b in PREDICT_BATCHES)],

@@ -16,9 +16,11 @@ def test_cpu_options_bench_prints_every_table_with_a_lenet_row():
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert "cores" in lines[0] and "load average" in lines[0]
-    for title in ("### training step (batch 32): memory format", "### distillation step (batch 256): memory format",
+    for title in ("### training step (batch 32): memory format, and the augmentation's cost",
+                  "### distillation step (batch 256): memory format",
                   "### prediction (64 samples)", "### verdict (faster than the default by more than 5 %)"):
         assert title in lines, title
+    assert "| arch | default ms/step | channels_last | with augmentation |" in lines
     assert "| arch | default ms/step | channels_last |" in lines
     assert ("| arch | no_grad s (batch 512) | inference_mode | faster mode | batch 128 | batch 512 | batch 2048 |"
             in lines)

@@ -45,7 +45,8 @@ def test_smoke_run_writes_metrics(tmp_path, algorithm):
         assert np.abs(c[-1] - 0.25).max() > 1e-3  # c moved from 1/N
         rows = json.loads((run / "metrics.json").read_text())
         assert rows[1]["bytes_down"] > 0  # round 2 sent personalised targets
-        assert all(r["coef_steps"] == 20 and 0 < r["server_seconds"] < r["seconds"] for r in rows)  # the server's step
+        for r in rows:  # the server's step: at most coef_steps on c, stopped by coef_tol, the objective recorded
+            assert 0 < r["coef_steps"] <= 20 and r["coef_loss"] > 0 and 0 < r["server_seconds"] < r["seconds"]
     else:
         assert not (run / "coefficients.npy").exists()
     assert (run / "tensorboard").exists() == tensorboard

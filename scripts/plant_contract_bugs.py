@@ -36,9 +36,9 @@ PLANTS = [
     ("4a saved state never reloaded", "src/fedkt/client_app.py",
      'saved = self.store.load(max_round)', 'saved = None'),
     ("4b optimizer state not reloaded", "src/fedkt/learner.py",
-     'extra = state_from_bytes(saved, self.model, self.optimizer)', 'extra = state_from_bytes(saved, self.model, None)'),
+     'self.optimizer.load_state_dict(state["optimizer"])', 'pass'),
     ("4c lr policy not reloaded", "src/fedkt/learner.py",
-     'self.policy.load_state_dict(extra["policy"])', 'pass'),
+     'self.policy.load_state_dict(state["extra"]["policy"])', 'pass'),
     ("4d warm-up repeated", "src/fedkt/learner.py",
      'if self.rounds_done == 0:', 'if True:'),
 ]

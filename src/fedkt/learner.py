@@ -27,7 +27,7 @@ from fedkt.core import alignment_indices, shift_targets, soft_predictions
 from fedkt.models import build_model, load_model_arrays, model_arrays
 from fedkt.task import client_data, load_federation, public_data
 from fedkt.train import (LRPolicy, distill, make_optimizer, pick_device, predict_logits, set_threads,
-                         state_from_bytes, state_to_bytes, train_epochs)
+                         read_state, state_to_bytes, train_epochs)
 from fedkt.train import evaluate as evaluate_model
 
 
@@ -48,18 +48,36 @@ class Learner:
         self.device = pick_device(c.device)
         set_threads(c.num_cpus)
         self.data = client_data(cfg, partition_id)
-        torch.manual_seed(cfg.seed * 10_000 + partition_id)
-        self.model = build_model(self.architecture, num_classes=load_federation(cfg)[0].num_classes,
-                                 in_channels=self.data.x_train.shape[1], norm=cfg.model.norm,
-                                 stem=cfg.model.stem).to(self.device)
+        state = None if saved is None else read_state(saved)
+        self.model = self._build_model(state)
         self.optimizer = make_optimizer(self.model, c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
         self.policy = LRPolicy(self.optimizer, policy=c.lr_policy, base_lr=c.lr, patience=c.lr_patience,
                                factor=c.lr_factor, total_steps=cfg.num_rounds)
         self.rounds_done = 0
-        if saved is not None:
-            extra = state_from_bytes(saved, self.model, self.optimizer)
-            self.policy.load_state_dict(extra["policy"])
-            self.rounds_done = int(extra["rounds_done"])
+        if state is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.policy.load_state_dict(state["extra"]["policy"])
+            self.rounds_done = int(state["extra"]["rounds_done"])
+
+    def _build_model(self, state: dict | None) -> torch.nn.Module:
+        """A fresh, seeded model; or, from saved state, one built without initialising its weights (on the meta
+        device) and given the saved tensors: the initialisation is thrown away anyway, and it is most of the
+        set-up every message pays (0.6 s for ResNet-18, docs/RESULTS.md). Training re-seeds torch's global RNG
+        (fedkt.train), so skipping the initialisation's draws changes no result."""
+        def build():
+            return build_model(self.architecture, num_classes=load_federation(self.cfg)[0].num_classes,
+                               in_channels=self.data.x_train.shape[1], norm=self.cfg.model.norm,
+                               stem=self.cfg.model.stem)
+        if state is None:
+            torch.manual_seed(self.cfg.seed * 10_000 + self.partition_id)
+            return build().to(self.device)
+        with torch.device("meta"):
+            model = build()
+        model.load_state_dict(state["model"], assign=True)
+        left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+        if left:
+            raise ValueError(f"saved state of client {self.partition_id} lacks {', '.join(left[:3])}")
+        return model.to(self.device)
 
     @property
     def num_train(self) -> int:

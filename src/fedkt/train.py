@@ -441,9 +441,14 @@ def state_to_bytes(model, optimizer=None, extra=None):
     return buffer.getvalue()
 
 
+def read_state(data):
+    """What state_to_bytes wrote, as a dict: model (a state_dict on the CPU), optimizer, extra."""
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
 def state_from_bytes(data, model, optimizer=None):
     """Load what state_to_bytes wrote into model (and optimizer); returns `extra`."""
-    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    state = read_state(data)
     model.load_state_dict(state["model"])
     if optimizer is not None:
         if state["optimizer"] is None:

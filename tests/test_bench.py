@@ -69,3 +69,12 @@ def test_coef_steps_replays_kept_rounds_at_each_tolerance(tmp_path):
     assert plain[:4] == [0, 20, 20, 20]  # tol 0: every step of algorithm.coef_steps
     assert watched[0] == 0.01 and watched[3] <= 20 and watched[2] >= 5  # at least PATIENCE steps, at most 20
     assert -1 < plain[4] <= 1 and -1 < watched[4] <= 1
+
+
+def test_restore_bench_prints_a_row_per_architecture():
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_restore.py"), "--reps", "1"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and line.endswith("x |")]
+    assert [row.split("|")[1].strip() for row in rows] == ["lenet", "alexnet", "resnet18", "shufflenetv2"]

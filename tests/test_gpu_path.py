@@ -23,7 +23,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from fedkt import sim
 from fedkt.app_config import cfg_from_run_config
-from fedkt.config import ConfigError, build_config, check_ray_resources, compose, flatten, gpus_per_client, load_config
+from fedkt.config import (ConfigError, build_config, check_ray_resources, check_server_device, compose, flatten,
+                          gpus_per_client, load_config)
 from fedkt.models import ARCHITECTURES, build_model
 from fedkt.train import augment_batch, distill, make_optimizer, predict_logits, train_epochs
 
@@ -90,6 +91,15 @@ def test_simulation_device_requests_that_cannot_work(overrides, key, gpus):
     cfg = load_config(overrides)  # machine-independent checks pass
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         check_ray_resources(cfg, gpus)
+
+
+def test_the_server_update_on_cuda_needs_cuda_where_the_server_runs():
+    cuda = load_config(["algorithm=ktpfl", "algorithm.coef_device=cuda"])
+    with pytest.raises(ConfigError, match=r"algorithm\.coef_device=cuda.*no CUDA"):
+        check_server_device(cuda, has_cuda=False)
+    check_server_device(cuda, has_cuda=True)
+    check_server_device(load_config(["algorithm=ktpfl"]), has_cuda=False)  # auto: the CPU where there is no GPU
+    check_server_device(load_config(["algorithm=fedmd", "algorithm.coef_device=cuda"]), has_cuda=False)  # no c
 
 
 @pytest.mark.parametrize("override, key", [

@@ -317,6 +317,13 @@ def gpus_per_client(cfg: RunConfig, node_gpus: float) -> float:
     return share
 
 
+def check_server_device(cfg: RunConfig, has_cuda: bool) -> None:
+    """KT-pFL's update of c runs where the server runs: algorithm.coef_device=cuda needs CUDA there."""
+    if cfg.algorithm.name == "ktpfl" and cfg.algorithm.coef_device == "cuda" and not has_cuda:
+        raise ConfigError("algorithm.coef_device=cuda, but this machine, where the server updates c, has no CUDA; "
+                          "use algorithm.coef_device=auto (the GPU where there is one) or cpu")
+
+
 def check_ray_resources(cfg: RunConfig, node_gpus: float) -> None:
     """The simulation's device and GPU-share questions, asked of the node(s) that run the client actors
     (node_gpus: how many GPUs Ray has there). Not for a deployment: a SuperNode picks its own device

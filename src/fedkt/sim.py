@@ -26,8 +26,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from fedkt.client_app import make_client_app
-from fedkt.config import (CONF_DIR, ConfigError, RunConfig, base_defaults, build_config, check_ray_resources, flatten,
-                          gpus_per_client, synthetic_data_note, unflatten)
+from fedkt.config import (CONF_DIR, ConfigError, RunConfig, base_defaults, build_config, check_ray_resources,
+                          check_server_device, flatten, gpus_per_client, synthetic_data_note, unflatten)
 from fedkt.data import DataError
 from fedkt.results import RunRecorder, dump_json, read_checkpoint
 from fedkt.server_app import run_and_record
@@ -89,6 +89,7 @@ def run(cfg: dict | RunConfig, run_dir: str | Path) -> dict:
     cfg = build_config(cfg)
     configure_logging(cfg.logging.verbose)
     check_ray_resources(cfg, node_gpus(cfg.ray.address))
+    check_server_device(cfg, torch.cuda.is_available())
     if synthetic_data_note(cfg):
         log.warning("%s", synthetic_data_note(cfg))
     run_dir = Path(run_dir)
@@ -126,6 +127,7 @@ def resume(run_dir: str | Path) -> dict:
     cfg = load_run_config(run_dir)
     configure_logging(cfg.logging.verbose)
     check_ray_resources(cfg, node_gpus(cfg.ray.address))
+    check_server_device(cfg, torch.cuda.is_available())
     if cfg.client.state_store != "disk":
         raise ConfigError(f"resume={run_dir}: that run kept client state in memory (client.state_store=context); "
                           "only runs with client.state_store=disk can be resumed")

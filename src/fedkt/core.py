@@ -217,7 +217,7 @@ class KnowledgeCoefficients:
         self.num_clients = int(num_clients)
         self.rho, self.objective, self.step_size, self.steps = float(rho), objective, step_size, int(steps)
         self.tol = float(tol)
-        self.last_steps, self.last_loss = 0, None  # of the last update: steps kept on c, objective after them
+        self.last_steps, self.last_loss = 0, None  # of the last update: steps computed on c, objective of the c kept
         self.normalize, self.tau, self.weighting, self.topk = normalize, float(tau), weighting, int(topk)
         self.c = np.full((num_clients, num_clients), 1.0 / num_clients)
         if device == "auto":

@@ -155,31 +155,17 @@ def node_config(tmp_path, **extra):
     return lambda i: {"state-dir": str(tmp_path / "state" / f"node{i}"), **extra}
 
 
-def test_deployment_three_supernodes(tmp_path):
-    """SuperLink + three SuperNodes (insecure: local trial), two rounds of KT-pFL through `flwr run`.
-    The run config keeps data.name=cifar10: each node's --node-config data-name=synthetic must win."""
-    out = tmp_path / "out"
-    procs = Processes(tmp_path / "logs", env={"FEDKT_CACHE": str(tmp_path / "cache")})
-    with running(procs):
-        fed = Federation(procs, tmp_path, 3, node_config=node_config(tmp_path, **{"data-name": "synthetic"}))
-        fed.start(timeout=RUN_SECONDS + 120)
-        done = fed.flwr_run({**TINY, "round_timeout": 120, "output_dir": str(out)}, timeout=RUN_SECONDS)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + procs.logs()
-        check_complete_run(out, tmp_path / "state", done.stdout + done.stderr)
-        # a run config that cannot work stops the ServerApp at once, saying which key and why
-        # (`flwr run` itself exits 0 whatever the ServerApp does; the stream shows the error)
-        done = fed.flwr_run({**TINY, "client.lr": -1.0, "output_dir": str(out)}, timeout=120)
-        assert "client.lr=-1.0 must be a number > 0" in done.stdout + done.stderr
-        assert len(run_dirs(out)) == 1  # no run directory for it
-
-
 def test_deployment_with_tls_and_supernode_auth(tmp_path):
-    """The same over TLS (certificates from scripts/make_certificates.sh) with SuperNode authentication:
-    the three registered SuperNodes run; a fourth with an unregistered key is refused."""
+    """SuperLink + three SuperNodes over TLS (certificates from scripts/make_certificates.sh) with SuperNode
+    authentication, two rounds of KT-pFL through `flwr run`: the three registered SuperNodes run; a fourth with
+    an unregistered key is refused. The run config keeps data.name=cifar10: each node's --node-config
+    data-name=synthetic must win. The insecure set-up (a local trial) runs in the lost-SuperNode test below;
+    one federation here instead of two saves a minute of the suite."""
     out = tmp_path / "out"
     procs = Processes(tmp_path / "logs", env={"FEDKT_CACHE": str(tmp_path / "cache")})
     with running(procs):
-        fed = Federation(procs, tmp_path, 3, tls=True, auth=True, node_config=node_config(tmp_path))
+        fed = Federation(procs, tmp_path, 3, tls=True, auth=True,
+                         node_config=node_config(tmp_path, **{"data-name": "synthetic"}))
         fed.start(timeout=RUN_SECONDS + 120)
         for name in ("ca.crt", "ca.key", "server.pem", "server.key", "supernode_0", "supernode_0.pub"):
             assert (fed.certs / name).exists(), name
@@ -194,10 +180,14 @@ def test_deployment_with_tls_and_supernode_auth(tmp_path):
         assert done.returncode == 0, done.stderr
         intruder = procs.start("intruder", fed.node_command(0, key=tmp_path / "intruder"), timeout=120,
                                env=fed.env)
-        done = fed.flwr_run({**TINY, "data.name": "synthetic", "round_timeout": 120, "output_dir": str(out)},
-                            timeout=RUN_SECONDS)
+        done = fed.flwr_run({**TINY, "round_timeout": 120, "output_dir": str(out)}, timeout=RUN_SECONDS)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + procs.logs()
         check_complete_run(out, tmp_path / "state", done.stdout + done.stderr)
+        # a run config that cannot work stops the ServerApp at once, saying which key and why
+        # (`flwr run` itself exits 0 whatever the ServerApp does; the stream shows the error)
+        done = fed.flwr_run({**TINY, "client.lr": -1.0, "output_dir": str(out)}, timeout=120)
+        assert "client.lr=-1.0 must be a number > 0" in done.stdout + done.stderr
+        assert len(run_dirs(out)) == 1  # no run directory for it
         wait_for(lambda: intruder.poll() is not None, 60, "the unregistered SuperNode to be refused")
         assert intruder.returncode != 0
         assert "Failed to initialize the connection" in procs.log("intruder").read_text()

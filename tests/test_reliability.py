@@ -1,6 +1,7 @@
 """Failing and lying clients, kill-and-resume, and identical results from identical seeds, end to end
 through the real Ray simulation (the `smoke` preset on generated data)."""
 
+import contextlib
 import csv
 import json
 import os
@@ -73,8 +74,8 @@ def test_same_seed_same_metrics_and_kill_resume_equals_straight_run(tmp_path):
     killed_dir = tmp_path / "killed"
     env = dict(os.environ, FEDKT_CACHE=str(tmp_path / "cache"))
     cmd = [sys.executable, "-m", "fedkt.sim", f"hydra.run.dir={killed_dir}", *overrides]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                            start_new_session=True)
+    with open(tmp_path / "killed.err", "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, start_new_session=True)
     try:
         deadline = time.time() + 300
         while time.time() < deadline:
@@ -83,11 +84,14 @@ def test_same_seed_same_metrics_and_kill_resume_equals_straight_run(tmp_path):
                 break
             assert proc.poll() is None, "the run ended before it could be killed"
             time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+        # the driver dies as from a crash in native code: it says where each thread was (faulthandler)
+        os.kill(proc.pid, signal.SIGSEGV)
         proc.wait(timeout=30)
     finally:
-        if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):  # the Ray processes it started (and the driver, if left)
             os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGSEGV
+    assert "Fatal Python error: Segmentation fault" in (tmp_path / "killed.err").read_text()
     summary = json.loads((killed_dir / "summary.json").read_text())
     assert summary["status"] == "running" and 2 <= summary["rounds_completed"] < 4
 

@@ -10,6 +10,7 @@ Each run writes into its Hydra run directory under outputs/ (see fedkt.results f
 
 from __future__ import annotations
 
+import faulthandler
 import functools
 import json
 import logging
@@ -182,4 +183,7 @@ def main(hydra_cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    # A crash in native code (torch, Ray, gRPC) then prints every thread's Python stack on stderr instead of
+    # ending the process with a bare "signal 11"; the rounds already recorded stay in the run directory.
+    faulthandler.enable()
     main()

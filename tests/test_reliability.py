@@ -64,12 +64,10 @@ def test_too_few_clients_stops_with_a_clear_error_and_keeps_results(tmp_path):
 def test_same_seed_same_metrics_and_kill_resume_equals_straight_run(tmp_path):
     # a slow client in round 3 gives the test time to kill the run after round 2's checkpoint
     overrides = [*SMOKE, "faults.inject='0:3:slow'", "faults.slow_seconds=4"]
+    # same seed, same figures: the killed run's first rounds come from another process than the straight
+    # run's, and the resumed run must then equal the straight one row for row (a second straight run adds nothing)
     straight = sim(tmp_path, "straight", *overrides)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    again = sim(tmp_path, "again", *overrides)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert client_results(tmp_path / "again") == client_results(tmp_path / "straight")
-    assert round_results(tmp_path / "again") == round_results(tmp_path / "straight")
 
     killed_dir = tmp_path / "killed"
     env = dict(os.environ, FEDKT_CACHE=str(tmp_path / "cache"))

@@ -374,6 +374,25 @@ def test_paired_differences_match_seeds_and_give_a_t_interval(tmp_path):
     assert "### Paired differences" in text and "| ktpfl − local | 3 | +4.33 | [-0.84, +9.50] | level |" in text
     saved = json.loads((tmp_path / "report" / "report.json").read_text())["paired"]
     assert {(p["a"], p["b"], p["verdict"]) for p in saved} >= {("ktpfl", "local", "level")}
+    # per architecture: client i is ARCHS[i] here (4 clients), so a difference is that client's
+    per_arch = {(p.architecture, p.a, p.b): p for p in report.paired_architectures}
+    assert {arch for arch, _, _ in per_arch} == set(ARCHS)
+
+    def client_final(algorithm, seed, pid):
+        return json.loads((tmp_path / f"{algorithm}_s{seed}" / "summary.json").read_text())[
+            "final_client_test_acc"][str(pid)]
+
+    for pid, arch in enumerate(ARCHS):
+        pair = per_arch[(arch, "ktpfl", "local")]
+        assert pair.seeds == [0, 1, 2]
+        assert pair.diffs == pytest.approx([client_final("ktpfl", s, pid) - client_final("local", s, pid)
+                                            for s in (0, 1, 2)])
+        # fedmd and local draw the same client spread on a seed: each client's difference is the mean's
+        assert per_arch[(arch, "fedmd", "local")].diffs == pytest.approx([0.0, -0.03, 0.01], abs=1e-9)
+    assert "### Paired differences per architecture" in text
+    assert "| resnet18 | fedmd − local | 3 | -0.67 | [-5.84, +4.50] | level |" in text
+    saved = json.loads((tmp_path / "report" / "report.json").read_text())["paired_by_architecture"]
+    assert {(p["architecture"], p["a"], p["b"]) for p in saved} == set(per_arch)
 
 
 def test_sweep_figure_against_any_swept_key(tmp_path):

@@ -20,7 +20,7 @@ report.md holds:
 - paired differences: for each partition x setting and each pair of algorithms, the final accuracy of one
   minus the other on the same seed (same shards), as mean over the matching seeds with a 95 % confidence
   interval (Student t, n-1 degrees of freedom), and a verdict: one arm ahead when the interval excludes zero,
-  else "level";
+  else "level"; where the runs federate several architectures, the same per architecture (its clients only);
 - with `--x KEY` (any swept config key, e.g. data.samples_per_client), sweep_<partition>.png: final accuracy of
   each algorithm against KEY (mean over seeds, 95 % interval), and beside it the paired gains against KEY;
 - the runs table: one row per run with its status, rounds, final accuracy, wall time and bytes;
@@ -214,6 +214,7 @@ class Paired:
     b: str
     seeds: list
     diffs: np.ndarray
+    architecture: str = ""  # "": all clients (the run's final mean); else that architecture's clients only
 
     @property
     def n(self) -> int:
@@ -238,9 +239,13 @@ class Paired:
         return "level"
 
 
-def paired_differences(groups: list[Group]) -> list[Paired]:
+def paired_differences(groups: list[Group], architecture: str = "") -> list[Paired]:
     """Every pair of algorithms run in the same partition and setting, over the seeds both have (a seed run
-    twice counts once: its last run in path order)."""
+    twice counts once: its last run in path order). With `architecture`, the difference of that architecture's
+    clients' final accuracy, over the seeds where both runs have it."""
+    def final(run: Run) -> float:
+        return run.architecture_finals.get(architecture, math.nan) if architecture else run.final
+
     cells: dict[tuple, dict[str, Group]] = {}
     for g in groups:
         cells.setdefault((g.partition, g.setting), {})[g.algorithm] = g
@@ -249,13 +254,22 @@ def paired_differences(groups: list[Group]) -> list[Paired]:
         names = sorted(by_algorithm, key=lambda a: _order(a, ALGORITHM_ORDER))
         for i, a in enumerate(names):
             for b in names[i + 1:]:
-                final_a = {r.seed: r.final for r in by_algorithm[a].runs}
-                final_b = {r.seed: r.final for r in by_algorithm[b].runs}
+                final_a = {r.seed: final(r) for r in by_algorithm[a].runs if math.isfinite(final(r))}
+                final_b = {r.seed: final(r) for r in by_algorithm[b].runs if math.isfinite(final(r))}
                 seeds = sorted(set(final_a) & set(final_b), key=lambda s: natural_key(str(s)))
                 if seeds:
                     pairs.append(Paired(partition, setting, a, b, seeds,
-                                        np.array([final_a[s] - final_b[s] for s in seeds])))
+                                        np.array([final_a[s] - final_b[s] for s in seeds]), architecture))
     return pairs
+
+
+def paired_by_architecture(groups: list[Group]) -> list[Paired]:
+    """paired_differences per architecture, where the runs federate more than one (a gain on the mean can hide
+    an architecture that loses); [] otherwise."""
+    archs = list(dict.fromkeys(a for g in groups for r in g.runs for a in r.architecture_finals))
+    if len(archs) < 2:
+        return []
+    return [p for arch in archs for p in paired_differences(groups, arch)]
 
 
 @dataclass
@@ -267,6 +281,7 @@ class Report:
     figures: list[Path]
     setting_keys: list[str]
     paired: list[Paired] = field(default_factory=list)
+    paired_architectures: list[Paired] = field(default_factory=list)
 
 
 # -----------------------------------------------------------------------------
@@ -565,13 +580,15 @@ def _points(value) -> str:
 
 
 def paired_table(paired: list[Paired], with_setting: bool) -> list[str]:
-    header = ["partition"] + (["setting"] if with_setting else []) + [
+    by_arch = any(p.architecture for p in paired)
+    header = ["partition"] + (["setting"] if with_setting else []) + (["architecture"] if by_arch else []) + [
         "difference", "n", "mean (points)", "95 % CI (points)", "verdict", "seeds"]
     rows = []
     for p in paired:
         low, high = p.mean - p.half_width, p.mean + p.half_width
         interval = f"[{_points(low)}, {_points(high)}]" if math.isfinite(p.half_width) else _MISSING
-        rows.append([p.partition] + ([p.setting or "(default)"] if with_setting else []) + [
+        rows.append([p.partition] + ([p.setting or "(default)"] if with_setting else [])
+                    + ([p.architecture] if by_arch else []) + [
             f"{p.a} − {p.b}", p.n, _points(p.mean), interval, p.verdict, ", ".join(map(str, p.seeds))])
     return _table(header, rows)
 
@@ -650,6 +667,11 @@ def render_markdown(report: Report, paths) -> str:
         lines += ["", "### Per architecture", "",
                   "Final test accuracy of each architecture's clients: their mean within a run, then the mean "
                   "over the group's seeds.", ""] + per_arch
+    if report.paired_architectures:
+        lines += ["", "### Paired differences per architecture", "",
+                  "The same paired differences on each architecture's clients only (their mean final test "
+                  "accuracy within a run): a gain on the mean over all clients can hide an architecture that "
+                  "loses.", ""] + paired_table(report.paired_architectures, with_setting)
     lines += ["", "## Runs left out", ""] + excluded_lines(runs)
     curves = [f for f in report.figures if f.name.startswith(("curves_", "seeds_"))]
     if curves:
@@ -686,6 +708,10 @@ def report_json(report: Report) -> dict:
         "paired": [{"partition": p.partition, "setting": p.setting, "a": p.a, "b": p.b, "n": p.n,
                     "seeds": p.seeds, "diffs": [number(d) for d in p.diffs], "mean": number(p.mean),
                     "ci95_half_width": number(p.half_width), "verdict": p.verdict} for p in report.paired],
+        "paired_by_architecture": [
+            {"partition": p.partition, "setting": p.setting, "architecture": p.architecture, "a": p.a, "b": p.b,
+             "n": p.n, "seeds": p.seeds, "diffs": [number(d) for d in p.diffs], "mean": number(p.mean),
+             "ci95_half_width": number(p.half_width), "verdict": p.verdict} for p in report.paired_architectures],
         "runs": [{"run": r.label, "path": str(r.path), "algorithm": r.algorithm, "partition": r.partition,
                   "seed": r.seed, "setting": r.setting, "status": r.status, "error": r.error,
                   "included": r.included, "rounds_completed": r.summary.get("rounds_completed"),
@@ -734,7 +760,7 @@ def write_report(paths, out_dir=None, run_figures: bool = False, x_key: str | No
         for run in runs:
             figures += write_run_figures(run.path, out / "runs" / _safe(run.label.replace(os.sep, "__")))
     report = Report(out_dir=out, markdown=out / "report.md", runs=runs, groups=groups, figures=figures,
-                    setting_keys=keys, paired=paired)
+                    setting_keys=keys, paired=paired, paired_architectures=paired_by_architecture(groups))
     write_atomic(report.markdown, render_markdown(report, paths))
     write_atomic(out / "report.json", json.dumps(report_json(report), indent=2, default=str))
     return report

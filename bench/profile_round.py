@@ -9,6 +9,12 @@ round of a run executes, in this one process with torch's threads set as a clien
 is what every Flower message pays before the work: restoring the client (data, model, optimizer, saved state);
 "state" is writing it back. The round is a distilling one (round 2): warm-up is timed separately, as round 1 pays it.
 Compare the shares within one table: absolute seconds depend on the machine and its load.
+
+The last lines compare the round with a bare eager-PyTorch reference measured in the same run, interleaved client
+by client: the same forward and backward passes of the same models at the same batch sizes (private training,
+distillation, validation, prediction, test), written as plain loops with torch's default (NCHW) layout and no
+fedkt code on the path, minus what is not a pass (set-up, state, augmentation, shuffling). Ratio = fedkt's round /
+the bare passes; below 1 means fedkt does the work more cheaply than the plain loop would.
 """
 
 from __future__ import annotations
@@ -18,11 +24,14 @@ import os
 import time
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from fedkt.aggregation import KnowledgeServer, local_epochs
 from fedkt.config import RunConfig, load_config
 from fedkt.learner import Learner, round_seed
-from fedkt.task import load_federation
+from fedkt.models import build_model
+from fedkt.task import client_data, load_federation, public_data
 
 
 def timed(seconds: dict, name: str, step, *args, **kwargs):
@@ -52,6 +61,39 @@ def profile_client(cfg: RunConfig, pid: int, server: KnowledgeServer) -> dict:
     return seconds
 
 
+def bare_client(cfg: RunConfig, pid: int) -> float:
+    """Seconds of a distilling round's passes for client pid in plain eager PyTorch (see the module docstring)."""
+    data, (x_public, _) = client_data(cfg, pid), public_data(cfg)
+    model = build_model(cfg.architectures[pid], num_classes=load_federation(cfg)[0].num_classes,
+                        in_channels=data.x_train.shape[1], norm=cfg.model.norm, stem=cfg.model.stem)
+    c, algo = cfg.client, cfg.algorithm
+    x_align = x_public[:algo.align_size]
+    target = torch.full((len(x_align), model(x_align[:2]).shape[1]), 0.1)
+    start = time.perf_counter()
+
+    def passes(x, batch_size, loss_of):  # one epoch of SGD steps (loss_of given) or of forward passes (None)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=c.momentum)
+        for i in range(0, len(x), batch_size):
+            if loss_of is None:
+                model(x[i:i + batch_size])
+                continue
+            optimizer.zero_grad()
+            loss_of(model(x[i:i + batch_size]), slice(i, i + batch_size)).backward()
+            optimizer.step()
+
+    model.train()
+    for _ in range(algo.distill_epochs):
+        passes(x_align, algo.distill_batch_size,
+               lambda out, rows: F.kl_div(F.log_softmax(out, 1), target[rows], reduction="batchmean"))
+    for _ in range(local_epochs(cfg, 2)):
+        passes(data.x_train, c.batch_size, lambda out, rows: F.cross_entropy(out, data.y_train[rows]))
+    model.eval()
+    with torch.no_grad():
+        for x in (data.x_val, x_align, data.x_test):
+            passes(x, c.eval_batch_size, None)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="data.root")
@@ -64,7 +106,10 @@ def main() -> None:
     server = KnowledgeServer(cfg, load_federation(cfg)[0].num_classes)
     archs = cfg.architectures
     first = {arch: archs.index(arch) for arch in dict.fromkeys(archs)}
-    rows = {arch: profile_client(cfg, pid, server) for arch, pid in first.items()}
+    rows, bare = {}, {}
+    for arch, pid in first.items():  # interleaved, so that a change of load falls on both
+        bare[arch] = bare_client(cfg, pid)
+        rows[arch] = profile_client(cfg, pid, server)
 
     n, align = cfg.num_clients, cfg.algorithm.align_size
     num_classes = load_federation(cfg)[0].num_classes
@@ -80,7 +125,7 @@ def main() -> None:
     print("|---|" + "---:|" * (len(steps) + 1))
     round_total = 0.0
     for arch, sec in rows.items():
-        total = sum(v for k, v in sec.items() if k != "warm-up (round 1 only)")
+        total = rows_total(sec)
         round_total += total * archs.count(arch)
         print(f"| {arch} ({archs.count(arch)}) | " + " | ".join(f"{sec.get(k, 0):.2f}" for k in steps)
               + f" | {total:.2f} |")
@@ -89,6 +134,15 @@ def main() -> None:
         "—" if k.startswith("warm-up") else f"{100 * v / round_total:.0f} %" for k, v in shares.items()) + " | 100 % |")
     print(f"server step (KT-pFL, {n} clients): {server_seconds:.3f} s = {100 * server_seconds / round_total:.1f} % of the "
           f"clients' work in one process ({round_total:.1f} s)")
+    bare_total = sum(sec * archs.count(arch) for arch, sec in bare.items())
+    print("bare eager PyTorch, the same passes (s per client): "
+          + ", ".join(f"{arch} {sec:.2f} ({rows_total(rows[arch]) / sec:.2f}x)" for arch, sec in bare.items()))
+    print(f"round 2, all clients: fedkt {round_total:.1f} s, bare passes {bare_total:.1f} s: "
+          f"ratio {round_total / bare_total:.2f}x")
+
+
+def rows_total(seconds: dict) -> float:
+    return sum(v for k, v in seconds.items() if k != "warm-up (round 1 only)")
 
 
 if __name__ == "__main__":

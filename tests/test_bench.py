@@ -1,6 +1,7 @@
 """The benchmark scripts that drive the algorithm layer run (their figures are timings: nothing here times them)."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,9 @@ def test_round_profile_prints_every_step_for_every_architecture(tmp_path):
     share = next(line for line in lines if line.startswith("| share of a round"))
     assert share.rstrip().endswith("| 100 % |")
     assert any(line.startswith("server step (KT-pFL, 4 clients):") for line in lines)
+    bare = next(line for line in lines if line.startswith("bare eager PyTorch, the same passes"))
+    assert "lenet " in bare and "alexnet " in bare
+    assert re.search(r"^round 2, all clients: fedkt [\d.]+ s, bare passes [\d.]+ s: ratio [\d.]+x$", lines[-1])
 
 
 def test_same_figures_ignores_wall_time_and_names_what_moved(tmp_path):

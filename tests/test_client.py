@@ -125,3 +125,27 @@ def test_a_distillation_rate_that_follows_the_lowered_private_rate_keeps_the_cli
         assert metrics["distill_lr"] == pytest.approx(0.02) and after <= learned - 0.4
     else:
         assert metrics["distill_lr"] == pytest.approx(0.02 * 0.02) and after >= learned - 0.05
+
+
+def test_channels_last_clients_keep_their_layout_and_figures_across_messages(tmp_path, monkeypatch):
+    """model.channels_last: the named architectures run channels-last from the first message on, and a client
+    restored from its saved state (every later message) is the same model in the same layout."""
+    archs = "model.architectures=[lenet,alexnet,resnet18,shufflenetv2]"
+    cfg = load_config(["experiment=smoke", archs, "num_clients=4", "model.channels_last=[lenet,shufflenetv2]"],
+                      run_dir=str(tmp_path))
+    assert cfg.channels_last == {"lenet", "shufflenetv2"}
+    monkeypatch.setenv("FEDKT_CACHE", str(tmp_path / "cache"))
+    for pid, arch in enumerate(cfg.architectures):
+        fresh = learner.Learner(cfg, pid)
+        fresh.warm_up(seed=3)
+        restored = learner.Learner(cfg, pid, fresh.state_bytes())
+        for model in (fresh.model, restored.model):
+            conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+            assert conv.weight.is_contiguous(memory_format=torch.channels_last) == (arch in cfg.channels_last), arch
+        np.testing.assert_array_equal(restored.predict(align_seed=1), fresh.predict(align_seed=1))
+
+
+def test_channels_last_names_only_architectures():
+    with pytest.raises(ConfigError, match="model.channels_last: unknown architecture 'vgg'"):
+        load_config(["model.channels_last=[lenet,vgg]"])
+    assert load_config(['model.channels_last=""']).channels_last == frozenset()

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fedkt.models import ARCHITECTURES, NORMS, STEMS, build_model, count_parameters
+from fedkt.models import ARCHITECTURES, NORMS, STEMS, build_model, count_parameters, to_channels_last
 
 
 def _forward(model, x):
@@ -173,3 +173,21 @@ def test_torchvision_is_imported_only_for_its_models():
             "assert 'torchvision' in sys.modules\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_channels_last_is_the_same_function_in_another_layout(arch):
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=10, norm="batch")
+    x = torch.randn(4, 3, 32, 32)  # an ordinary NCHW batch: the model converts it on the way in
+    expected = _forward(model, x)
+    fast = to_channels_last(model)
+    convs = [m.weight for m in fast.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert all(not w.is_contiguous() for w in convs if w.shape[2] * w.shape[3] > 1 and w.shape[1] > 1)
+    seen = []
+    handle = next(m for m in fast.modules() if isinstance(m, nn.Conv2d)).register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    torch.testing.assert_close(_forward(fast, x), expected, rtol=1e-4, atol=1e-5)
+    handle.remove()
+    assert seen == [True]

@@ -78,6 +78,7 @@ class ModelConfig:
     architectures: str = field()  # "a,b,...": one per client, or a shorter list in equal blocks (see per_client)
     norm: str = _one_of(*NORMS)
     stem: str = _one_of(*STEMS)
+    channels_last: str = field()  # "a,b,...": architectures whose convolutions run channels-last; "" = none
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,11 @@ class RunConfig:
         """One architecture per client (fedkt.config.per_client)."""
         return per_client(self.model.architectures, self.num_clients)
 
+    @property
+    def channels_last(self) -> frozenset[str]:
+        """The architectures that run channels-last (model.channels_last; checked by build_config)."""
+        return frozenset(name.strip() for name in self.model.channels_last.split(",") if name.strip())
+
     def to_dict(self) -> dict:
         """The nested dict of scalars (what config.json holds)."""
         return dataclasses.asdict(self)
@@ -220,7 +226,7 @@ def _convert(key: str, value, kind: type):
         return kind(value)
     if isinstance(value, dict):
         raise ConfigError(f"{key} must be a single value, not a group of keys")
-    if key == "model.architectures" and isinstance(value, (list, tuple)):  # Hydra list syntax [a,b]
+    if key in ("model.architectures", "model.channels_last") and isinstance(value, (list, tuple)):  # Hydra's [a,b]
         return ",".join(str(a).strip() for a in value)
     if isinstance(value, (list, tuple)):
         raise ConfigError(f"{key}={value!r} must be a single value, not a list")
@@ -350,6 +356,10 @@ def _check_rules(cfg: RunConfig) -> None:
     """The rules that tie several keys together, and the values no single rule above covers."""
     archs = cfg.architectures
     algo = cfg.algorithm
+    unknown = sorted(cfg.channels_last - set(ARCHITECTURES))
+    if unknown:
+        raise ConfigError(f"model.channels_last: unknown architecture '{unknown[0]}'; give a comma-separated list of "
+                          f"{', '.join(ARCHITECTURES)}, or \"\" for none")
     if algo.name == "fedavg" and len(set(archs)) > 1:
         raise ConfigError(
             f"algorithm.name=fedavg averages one model's parameters, but model.architectures="

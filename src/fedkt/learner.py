@@ -24,7 +24,7 @@ import torch
 
 from fedkt.config import RunConfig
 from fedkt.core import alignment_indices, shift_targets, soft_predictions
-from fedkt.models import build_model, load_model_arrays, model_arrays
+from fedkt.models import build_model, load_model_arrays, model_arrays, to_channels_last
 from fedkt.task import client_data, load_federation, public_data
 from fedkt.train import (LRPolicy, distill, make_optimizer, pick_device, predict_logits, set_threads,
                          read_state, state_to_bytes, train_epochs)
@@ -70,14 +70,16 @@ class Learner:
                                stem=self.cfg.model.stem)
         if state is None:
             torch.manual_seed(self.cfg.seed * 10_000 + self.partition_id)
-            return build().to(self.device)
-        with torch.device("meta"):
             model = build()
-        model.load_state_dict(state["model"], assign=True)
-        left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-        if left:
-            raise ValueError(f"saved state of client {self.partition_id} lacks {', '.join(left[:3])}")
-        return model.to(self.device)
+        else:
+            with torch.device("meta"):
+                model = build()
+            model.load_state_dict(state["model"], assign=True)
+            left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+            if left:
+                raise ValueError(f"saved state of client {self.partition_id} lacks {', '.join(left[:3])}")
+        model = model.to(self.device)
+        return to_channels_last(model) if self.architecture in self.cfg.channels_last else model
 
     @property
     def num_train(self) -> int:

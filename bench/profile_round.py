@@ -3,6 +3,8 @@ and the server's step, for any preset. Prints a markdown table of seconds and sh
 
     python bench/profile_round.py --data ../shared/data/cifar10-jpeg.tar.gz --set experiment=quick
     python bench/profile_round.py --data ../shared/data/cifar10-jpeg.tar.gz --set experiment=paper_cpu partition=type2
+    python bench/profile_round.py --data ... --set experiment=quick --reps 5 \
+        --variant 'model.channels_last=""' --variant model.channels_last=[lenet,shufflenetv2]
 
 It drives the algorithm layer itself (fedkt.learner.Learner, fedkt.aggregation.KnowledgeServer), the code every
 round of a run executes, in this one process with torch's threads set as a client's (client.num_cpus). "set-up"
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 
 import numpy as np
@@ -98,29 +101,55 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="data.root")
     parser.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. experiment=paper_cpu")
+    parser.add_argument("--variant", action="append", default=None,
+                        help="more overrides for one variant, space-separated; repeat to compare variants, "
+                             "profiled in the same run, interleaved client by client")
+    parser.add_argument("--reps", type=int, default=1, help="repetitions; every figure is the median")
     args = parser.parse_args()
-    cfg = load_config([f"data.root={args.data}", "algorithm=ktpfl", *args.set],
-                      run_dir=os.path.join("/tmp", "fedkt-profile"))
+    variants = args.variant or [""]
+    cfgs = [load_config([f"data.root={args.data}", "algorithm=ktpfl", *args.set, *v.split()],
+                        run_dir=os.path.join("/tmp", "fedkt-profile")) for v in variants]
+    cfg = cfgs[0]
     load_federation(cfg)  # decode or read the cache once, outside the timings
-    Learner(cfg, 0).predict(0)  # and the one-time costs of a process (first model, public set, thread pools)
-    server = KnowledgeServer(cfg, load_federation(cfg)[0].num_classes)
+    for c in cfgs:
+        Learner(c, 0).predict(0)  # and the one-time costs of a process (first model, public set, thread pools)
+    servers = [KnowledgeServer(c, load_federation(c)[0].num_classes) for c in cfgs]
     archs = cfg.architectures
     first = {arch: archs.index(arch) for arch in dict.fromkeys(archs)}
-    rows, bare = {}, {}
-    for arch, pid in first.items():  # interleaved, so that a change of load falls on both
-        bare[arch] = bare_client(cfg, pid)
-        rows[arch] = profile_client(cfg, pid, server)
-
+    runs = [{arch: [] for arch in first} for _ in cfgs]
+    bare_runs: dict = {arch: [] for arch in first}
+    for _ in range(args.reps):
+        for arch, pid in first.items():  # interleaved, so that a change of load falls on every variant alike
+            bare_runs[arch].append(bare_client(cfg, pid))
+            for c, server, rows in zip(cfgs, servers, runs):
+                rows[arch].append(profile_client(c, pid, server))
+    bare = {arch: statistics.median(values) for arch, values in bare_runs.items()}
+    bare_total = sum(sec * archs.count(arch) for arch, sec in bare.items())
     n, align = cfg.num_clients, cfg.algorithm.align_size
+    print(f"{time.strftime('%Y-%m-%d %H:%M')} | {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} | "
+          f"overrides: {' '.join(args.set) or '(defaults)'} | {n} clients, alignment {align} | "
+          f"median of {args.reps}")
+    totals = []
+    for variant, c, server, rows in zip(variants, cfgs, servers, runs):
+        medians = {arch: {k: statistics.median(r.get(k, 0.0) for r in reps) for k in reps[0]}
+                   for arch, reps in rows.items()}
+        totals.append(print_table(variant, c, server, medians, bare, bare_total))
+    for variant, total in zip(variants[1:], totals[1:]):
+        print(f"{variant or '(defaults)'} against {variants[0] or '(defaults)'}: {total / totals[0]:.2f}x")
+
+
+def print_table(variant: str, cfg: RunConfig, server: KnowledgeServer, rows: dict, bare: dict,
+                bare_total: float) -> float:
+    """One variant's table (seconds per client and step, shares), its server step and its ratio to the bare
+    passes; returns its round total over all clients."""
+    archs, n, align = cfg.architectures, cfg.num_clients, cfg.algorithm.align_size
     num_classes = load_federation(cfg)[0].num_classes
     uploads = {pid: np.random.default_rng(pid).normal(size=(align, num_classes)).astype(np.float32) for pid in range(n)}
     start = time.perf_counter()
     server.update(1, uploads)
     server_seconds = time.perf_counter() - start
-
     steps = list(dict.fromkeys(k for r in rows.values() for k in r))
-    print(f"{time.strftime('%Y-%m-%d %H:%M')} | {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} | "
-          f"overrides: {' '.join(args.set) or '(defaults)'} | {n} clients, alignment {align}")
+    print(f"\nvariant: {variant or '(defaults)'}")
     print("| architecture (clients) | " + " | ".join(steps) + " | round 2 total |")
     print("|---|" + "---:|" * (len(steps) + 1))
     round_total = 0.0
@@ -134,11 +163,11 @@ def main() -> None:
         "—" if k.startswith("warm-up") else f"{100 * v / round_total:.0f} %" for k, v in shares.items()) + " | 100 % |")
     print(f"server step (KT-pFL, {n} clients): {server_seconds:.3f} s = {100 * server_seconds / round_total:.1f} % of the "
           f"clients' work in one process ({round_total:.1f} s)")
-    bare_total = sum(sec * archs.count(arch) for arch, sec in bare.items())
     print("bare eager PyTorch, the same passes (s per client): "
           + ", ".join(f"{arch} {sec:.2f} ({rows_total(rows[arch]) / sec:.2f}x)" for arch, sec in bare.items()))
     print(f"round 2, all clients: fedkt {round_total:.1f} s, bare passes {bare_total:.1f} s: "
           f"ratio {round_total / bare_total:.2f}x")
+    return round_total
 
 
 def rows_total(seconds: dict) -> float:

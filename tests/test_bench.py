@@ -12,7 +12,8 @@ REPO = Path(__file__).resolve().parent.parent
 def test_round_profile_prints_every_step_for_every_architecture(tmp_path):
     env = dict(os.environ, FEDKT_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(REPO / "src"))
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "profile_round.py"), "--data", "unused", "--set",
-                           "experiment=smoke", "model.architectures=[lenet,alexnet]"],
+                           "experiment=smoke", "model.architectures=[lenet,alexnet]", "--reps", "2",
+                           "--variant", "", "--variant", "model.channels_last=[lenet]"],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
@@ -27,7 +28,11 @@ def test_round_profile_prints_every_step_for_every_architecture(tmp_path):
     assert any(line.startswith("server step (KT-pFL, 4 clients):") for line in lines)
     bare = next(line for line in lines if line.startswith("bare eager PyTorch, the same passes"))
     assert "lenet " in bare and "alexnet " in bare
-    assert re.search(r"^round 2, all clients: fedkt [\d.]+ s, bare passes [\d.]+ s: ratio [\d.]+x$", lines[-1])
+    assert [line for line in lines if line.startswith("variant: ")] == ["variant: (defaults)",
+                                                                          "variant: model.channels_last=[lenet]"]
+    assert len([line for line in lines if re.search(
+        r"^round 2, all clients: fedkt [\d.]+ s, bare passes [\d.]+ s: ratio [\d.]+x$", line)]) == 2
+    assert re.search(r"^model.channels_last=\[lenet\] against \(defaults\): [\d.]+x$", lines[-1])
 
 
 def test_same_figures_ignores_wall_time_and_names_what_moved(tmp_path):

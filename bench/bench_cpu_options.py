@@ -1,4 +1,5 @@
-"""Cheaper CPU work per architecture: channels_last, torch.inference_mode, prediction batch size, torch.compile.
+"""Cheaper CPU work per architecture: channels_last, bf16 autocast, torch.inference_mode, prediction batch size,
+torch.compile.
 
     python bench/bench_cpu_options.py [--archs lenet,alexnet,resnet18,shufflenetv2] [--stem imagenet] [--norm none]
                                       [--threads 1] [--reps 5] [--compile] [--steps 20] [--distill-steps 5]
@@ -14,9 +15,10 @@ median from the same interleaved run: 0.90x means the option takes 90 % of the d
 1.10x means 10 % dearer. Compare ratios, not absolute times: machines differ 4-9x and the load average (printed)
 says how much other processes took. Kinds and their defaults:
 
-- training: SGD step, cross-entropy, batch 32 -- default memory format vs channels_last (model and inputs); and what
-  the per-sample augmentation (fedkt.train.augment_batch: random crop and flip, vectorized) adds to a step;
-- distillation: SGD step, KL to soft targets, batch 256 -- the same two variants;
+- training: SGD step, cross-entropy, batch 32 -- default memory format vs channels_last (model and inputs), bf16
+  autocast (torch.autocast("cpu", torch.bfloat16)), and both; and what the per-sample augmentation
+  (fedkt.train.augment_batch: random crop and flip, vectorized) adds to a step;
+- distillation: SGD step, KL to soft targets, batch 256 -- the same layout and bf16 variants;
 - prediction: --samples images in eval mode -- torch.no_grad (today's fedkt.train._eval_mode) vs
   torch.inference_mode at batch 512, then batches 128 / 512 / 2048 (ratios to 512) in the faster mode;
 - compile (--compile): torch.compile(model) for the training step: compile seconds (first calls less as many eager
@@ -59,6 +61,16 @@ def cpu_name():
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def bf16_units():
+    """The CPU's native bfloat16 instruction sets, from /proc/cpuinfo's flags ("" where none or unknown)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return ""
+    return ", ".join(flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags)
 
 
 def load_line():
@@ -153,13 +165,29 @@ def timed_variants(steps_by_name, steps, reps):
     return median_seconds_interleaved(runs, reps)
 
 
-def memory_format_ratios(base, make_step, inputs, steps, reps):
-    """(default seconds per step, channels_last ratio) for the step made by make_step(model, *inputs)."""
-    default_model = copy.deepcopy(base)
-    last_model, *last_inputs = as_channels_last(copy.deepcopy(base), *inputs[:1])
-    medians = timed_variants({"default": make_step(default_model, *inputs),
-                              "channels_last": make_step(last_model, *last_inputs, *inputs[1:])}, steps, reps)
-    return medians["default"], medians["channels_last"] / medians["default"]
+def autocast_bf16(step):
+    """The step under CPU autocast to bfloat16: weights and optimizer stay float32, convolutions and matrix products
+    run in bfloat16 (fast only where the CPU has AMX or AVX-512 BF16 units; emulated, and slow, elsewhere)."""
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            step()
+    return run
+
+
+def layout_ratios(base, make_step, inputs, steps, reps):
+    """(default seconds per step, {variant: ratio to the default}) for the step made by make_step(model, *inputs):
+    channels_last, bf16 autocast, and both."""
+    last = lambda: as_channels_last(copy.deepcopy(base), *inputs[:1])  # noqa: E731
+    last_model, *last_inputs = last()
+    bf16_last_model, *bf16_last_inputs = last()
+    medians = timed_variants({
+        "default": make_step(copy.deepcopy(base), *inputs),
+        "channels_last": make_step(last_model, *last_inputs, *inputs[1:]),
+        "bf16": autocast_bf16(make_step(copy.deepcopy(base), *inputs)),
+        "bf16 + channels_last": autocast_bf16(make_step(bf16_last_model, *bf16_last_inputs, *inputs[1:]))},
+        steps, reps)
+    return medians["default"], {name: value / medians["default"] for name, value in medians.items()
+                                if name != "default"}
 
 
 def prediction_ratios(base, x, reps):
@@ -214,8 +242,9 @@ def verdict(arch, results):
     """The options of one architecture that beat the default by more than 5 %."""
     wins = []
     for kind in ("training", "distillation"):
-        if results[kind][1] < FASTER:
-            wins.append(f"channels_last for {kind} ({ratio(results[kind][1])})")
+        for variant, value in results[kind][1].items():
+            if value < FASTER:
+                wins.append(f"{variant} for {kind} ({ratio(value)})")
     pred = results["prediction"]
     if pred["inference_mode"] < FASTER:
         wins.append(f"inference_mode for prediction ({ratio(pred['inference_mode'])})")
@@ -246,6 +275,7 @@ def main():
     archs = args.archs.split(",")
     print(f"{datetime.datetime.now():%Y-%m-%d %H:%M} | torch {torch.__version__} | {cpu_name()} | "
           f"{usable_cores()} usable cores ({os.cpu_count()} online) | torch threads {threads} | {load_line()} at start")
+    print(f"bfloat16 units: {bf16_units() or 'none (bf16 is emulated: expect it slower)'}")
     print(f"stem {args.stem}, norm {args.norm} | median of {args.reps} interleaved reps | training {args.steps} "
           f"steps x batch {TRAIN_BATCH}, distillation {args.distill_steps} steps x batch {DISTILL_BATCH}, "
           f"prediction {args.samples:,} samples per rep, after {WARMUP_STEPS} warm-up steps | "
@@ -263,22 +293,24 @@ def main():
         torch.manual_seed(0)
         base = build_model(arch, NUM_CLASSES, norm=args.norm, stem=args.stem)
         results[arch] = dict(
-            training=memory_format_ratios(base, training_step, (x_train, y_train), args.steps, args.reps),
-            distillation=memory_format_ratios(base, distillation_step, (x_distill, soft_targets),
-                                              args.distill_steps, args.reps),
+            training=layout_ratios(base, training_step, (x_train, y_train), args.steps, args.reps),
+            distillation=layout_ratios(base, distillation_step, (x_distill, soft_targets), args.distill_steps,
+                                       args.reps),
             prediction=prediction_ratios(base, x_predict, args.reps),
             augmentation=augmentation_ratio(base, x_train, y_train, args.steps, args.reps))
         if args.compile:
             results[arch]["compile"] = compile_payback(base, x_train, y_train, args.steps, args.reps)
         print(f"  ({arch} done, {load_line()})", flush=True)
 
-    print_table(f"training step (batch {TRAIN_BATCH}): memory format, and the augmentation's cost",
-                ["arch", "default ms/step", "channels_last", "with augmentation"],
-                [[arch, f"{r['training'][0] * 1e3:.2f}", ratio(r["training"][1]), ratio(r["augmentation"])]
+    variants = list(next(iter(results.values()))["training"][1])
+    print_table(f"training step (batch {TRAIN_BATCH}): memory format, bf16 autocast, and the augmentation's cost",
+                ["arch", "default ms/step", *variants, "with augmentation"],
+                [[arch, f"{r['training'][0] * 1e3:.2f}", *(ratio(r["training"][1][v]) for v in variants),
+                  ratio(r["augmentation"])] for arch, r in results.items()])
+    print_table(f"distillation step (batch {DISTILL_BATCH}): memory format, bf16 autocast",
+                ["arch", "default ms/step", *variants],
+                [[arch, f"{r['distillation'][0] * 1e3:.2f}", *(ratio(r["distillation"][1][v]) for v in variants)]
                  for arch, r in results.items()])
-    print_table(f"distillation step (batch {DISTILL_BATCH}): memory format",
-                ["arch", "default ms/step", "channels_last"],
-                [[arch, f"{r['distillation'][0] * 1e3:.2f}", ratio(r["distillation"][1])] for arch, r in results.items()])
     print_table(f"prediction ({args.samples:,} samples)",
                 ["arch", f"no_grad s (batch {PREDICT_BATCH})", "inference_mode", "faster mode",
                  *(f"batch {b}" for b in PREDICT_BATCHES)],

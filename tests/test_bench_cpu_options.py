@@ -16,12 +16,14 @@ def test_cpu_options_bench_prints_every_table_with_a_lenet_row():
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert "cores" in lines[0] and "load average" in lines[0]
-    for title in ("### training step (batch 32): memory format, and the augmentation's cost",
-                  "### distillation step (batch 256): memory format",
+    assert lines[1].startswith("bfloat16 units: ")
+    for title in ("### training step (batch 32): memory format, bf16 autocast, and the augmentation's cost",
+                  "### distillation step (batch 256): memory format, bf16 autocast",
                   "### prediction (64 samples)", "### verdict (faster than the default by more than 5 %)"):
         assert title in lines, title
-    assert "| arch | default ms/step | channels_last | with augmentation |" in lines
-    assert "| arch | default ms/step | channels_last |" in lines
+    variants = "| channels_last | bf16 | bf16 + channels_last |"
+    assert f"| arch | default ms/step {variants} with augmentation |" in lines
+    assert f"| arch | default ms/step {variants}" in lines
     assert ("| arch | no_grad s (batch 512) | inference_mode | faster mode | batch 128 | batch 512 | batch 2048 |"
             in lines)
     lenet_rows = [line for line in lines if line.startswith("| lenet |")]

@@ -163,7 +163,7 @@ def _inputs_channels_last(module, args):
 def to_channels_last(model):
     """The model with its 4-D weights stored channels-last (NHWC) and its inputs converted on the way in, so every
     convolution runs in that layout: the same function, other rounding. On a 2-core Xeon it makes a LeNet and a
-    ShuffleNetV2 step 0.6-0.85x as long and an AlexNet or ResNet-18 step 1.1-1.15x (docs/RESULTS.md)."""
+    ShuffleNetV2 step 0.6-0.9x as long and an AlexNet or ResNet-18 step 1.0-1.15x (docs/RESULTS.md)."""
     model.to(memory_format=torch.channels_last)
     model.register_forward_pre_hook(_inputs_channels_last)
     return model

@@ -67,11 +67,12 @@ def profile_client(cfg: RunConfig, pid: int, server: KnowledgeServer) -> dict:
 def bare_client(cfg: RunConfig, pid: int) -> float:
     """Seconds of a distilling round's passes for client pid in plain eager PyTorch (see the module docstring)."""
     data, (x_public, _) = client_data(cfg, pid), public_data(cfg)
-    model = build_model(cfg.architectures[pid], num_classes=load_federation(cfg)[0].num_classes,
-                        in_channels=data.x_train.shape[1], norm=cfg.model.norm, stem=cfg.model.stem)
+    num_classes = load_federation(cfg)[0].num_classes
+    model = build_model(cfg.architectures[pid], num_classes=num_classes, in_channels=data.x_train.shape[1],
+                        norm=cfg.model.norm, stem=cfg.model.stem)
     c, algo = cfg.client, cfg.algorithm
     x_align = x_public[:algo.align_size]
-    target = torch.full((len(x_align), model(x_align[:2]).shape[1]), 0.1)
+    target = torch.full((len(x_align), num_classes), 1.0 / num_classes)
     start = time.perf_counter()
 
     def passes(x, batch_size, loss_of):  # one epoch of SGD steps (loss_of given) or of forward passes (None)

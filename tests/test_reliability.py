@@ -138,19 +138,23 @@ def test_resume_refuses_in_memory_client_state(tmp_path):
         resume(tmp_path / "nowhere")
 
 
-def test_resume_fills_settings_added_after_the_run_with_their_defaults(tmp_path, caplog):
+def test_resume_fills_settings_added_after_the_run_with_what_it_did(tmp_path, caplog):
     from fedkt.config import load_config
     from fedkt.results import dump_json
     from fedkt.sim import load_run_config
 
     cfg = load_config(["experiment=smoke", "algorithm.rho=0.3"], run_dir=str(tmp_path)).to_dict()
-    del cfg["algorithm"]["target_shift"]  # as recorded by a version without the key
+    for section, key in (("algorithm", "target_shift"), ("model", "channels_last"), ("algorithm", "coef_tol")):
+        del cfg[section][key]  # as recorded by a version without the key
     dump_json(tmp_path / "config.json", cfg)
     with caplog.at_level("WARNING", logger="fedkt"):
         loaded = load_run_config(tmp_path)
     assert loaded.algorithm.target_shift == "none"
+    # defaults that changed after the key came in: the run resumes doing what it did, not today's default
+    assert loaded.channels_last == frozenset() and load_config([]).channels_last == {"lenet", "shufflenetv2"}
+    assert loaded.algorithm.coef_tol == 0.0 and load_config([]).algorithm.coef_tol > 0
     assert loaded.algorithm.rho == 0.3 and loaded.num_rounds == 2  # the run's own values stay
-    assert "algorithm.target_shift=none" in caplog.text
+    assert "algorithm.target_shift=none" in caplog.text and "model.channels_last=" in caplog.text
 
 
 def test_checkpoint_holds_no_pickle_and_an_old_pickle_is_refused_unloaded(tmp_path):

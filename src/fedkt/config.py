@@ -38,6 +38,10 @@ DISTILL_LOSSES = ("kl", "l1", "mse")
 TARGET_SHIFTS = ("none", "classes", "prior")
 LR_POLICIES = ("constant", "plateau", "cosine")
 
+# Keys whose default differs from what fedkt did before the key existed. A run recorded without one of them resumes
+# with the value that reproduces what it ran, not with today's default (which would change its arithmetic midway).
+BEFORE_THE_KEY = {"model.channels_last": "", "algorithm.coef_tol": 0.0, "algorithm.distill_lr_policy": "fixed"}
+
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the key, the value and what is allowed."""

@@ -27,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from fedkt.client_app import make_client_app
-from fedkt.config import (CONF_DIR, ConfigError, RunConfig, base_defaults, build_config, check_ray_resources,
+from fedkt.config import (BEFORE_THE_KEY, CONF_DIR, ConfigError, RunConfig, base_defaults, build_config, check_ray_resources,
                           check_server_device, flatten, gpus_per_client, synthetic_data_note, unflatten)
 from fedkt.data import DataError
 from fedkt.results import RunRecorder, dump_json, read_checkpoint
@@ -110,12 +110,13 @@ def run(cfg: dict | RunConfig, run_dir: str | Path) -> dict:
 
 
 def load_run_config(run_dir: Path) -> RunConfig:
-    """A run's own config.json, validated. Keys added to fedkt after the run was recorded take today's
-    defaults (logged), so a run killed before an upgrade still resumes with the settings it ran with."""
+    """A run's own config.json, validated. Keys added to fedkt after the run was recorded take the value that
+    reproduces what the run did (BEFORE_THE_KEY), else today's default (logged), so a run killed before an upgrade
+    still resumes with the settings it ran with."""
     if not (run_dir / "config.json").exists():
         raise ConfigError(f"resume={run_dir}: no config.json there; name the directory of the run to resume")
     saved = flatten(json.loads((run_dir / "config.json").read_text()))
-    added = {k: v for k, v in flatten(base_defaults()).items() if k not in saved}
+    added = {k: BEFORE_THE_KEY.get(k, v) for k, v in flatten(base_defaults()).items() if k not in saved}
     if added:
         log.warning("resume: %s was recorded before these settings existed; they take their defaults: %s", run_dir,
                     ", ".join(f"{k}={v}" for k, v in added.items()))

@@ -149,3 +149,17 @@ def test_channels_last_names_only_architectures():
     with pytest.raises(ConfigError, match="model.channels_last: unknown architecture 'vgg'"):
         load_config(["model.channels_last=[lenet,vgg]"])
     assert load_config(['model.channels_last=""']).channels_last == frozenset()
+
+
+def test_state_size_estimates_what_a_client_saves(tmp_path, monkeypatch):
+    """learner.state_size (the disk-room check before a run) against the bytes a trained client really saves."""
+    archs = "model.architectures=[lenet,alexnet,resnet18,shufflenetv2]"
+    cfg = load_config(["experiment=smoke", archs, "num_clients=4"], run_dir=str(tmp_path))
+    monkeypatch.setenv("FEDKT_CACHE", str(tmp_path / "cache"))
+    for pid, arch in enumerate(cfg.architectures):
+        client = learner.Learner(cfg, pid)
+        client.warm_up(seed=3)  # SGD's momentum buffers exist from the first step on
+        saved = len(client.state_bytes())
+        assert 0.97 * saved <= learner.state_size(cfg, arch, 10) <= saved, arch
+    no_momentum = load_config(["experiment=smoke", archs, "num_clients=4", "client.momentum=0"])
+    assert learner.state_size(no_momentum, "resnet18", 10) < 0.6 * learner.state_size(cfg, "resnet18", 10)

@@ -145,3 +145,33 @@ def test_hydra_multirun_runs_each_into_its_own_directory(tmp_path):
         assert summary["status"] == "completed" and summary["algorithm"] == name.split("_")[1]
     report = (sweep / "report.md").read_text()  # written by the Hydra callback at the end of the sweep
     assert "ktpfl" in report and "local" in report
+
+
+def test_disk_room_is_told_and_a_disk_too_small_is_warned_before_the_first_round(tmp_path, monkeypatch, caplog):
+    import shutil
+
+    from fedkt import sim
+    from fedkt.learner import state_size
+
+    cfg = load_config(["experiment=smoke", "model.architectures=lenet", "num_clients=4"])
+    need = 2 * 4 * state_size(cfg, "lenet", 10)  # each client's last two rounds
+    free = {"bytes": need * 10}
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 0, free["bytes"]))
+
+    def check(config=cfg):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="fedkt"):
+            sim.check_disk_room(config, tmp_path, 10)
+        return [r.levelname for r in caplog.records]
+
+    assert check() == ["INFO"] and f"client state: about {need / 1e9:.2f} GB" in caplog.text
+    free["bytes"] = need // 2
+    assert check() == ["INFO", "WARNING"]
+    assert "less than the" in caplog.text and "client.state_store=context" in caplog.text
+    # a resumed run already holds most of it: only what is still missing counts
+    (tmp_path / "clients" / "client_0000").mkdir(parents=True)
+    (tmp_path / "clients" / "client_0000" / "round_0001.pt").write_bytes(b"x" * (need - need // 4))
+    assert check() == ["INFO"]
+    in_memory = load_config(["experiment=smoke", "model.architectures=lenet", "num_clients=4",
+                             "client.state_store=context"])
+    assert check(in_memory) == []  # nothing goes to disk

@@ -188,3 +188,13 @@ class Learner:
             load_model_arrays(self.model, global_arrays)
         return evaluate_model(self.model, self.data.x_test, self.data.y_test,
                               batch_size=self.cfg.client.eval_batch_size, device=self.device)
+
+
+def state_size(cfg: RunConfig, architecture: str, num_classes: int) -> int:
+    """Bytes of one saved client state (state_bytes()) for an architecture, estimated without building weights:
+    the model's tensors, plus one momentum buffer per parameter when SGD has momentum (float32 both)."""
+    with torch.device("meta"):
+        model = build_model(architecture, num_classes=num_classes, norm=cfg.model.norm, stem=cfg.model.stem)
+    tensors = sum(t.numel() for t in model.state_dict().values())
+    momentum = sum(p.numel() for p in model.parameters()) if cfg.client.momentum > 0 else 0
+    return 4 * (tensors + momentum)

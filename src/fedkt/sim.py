@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -27,9 +28,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from fedkt.client_app import make_client_app
-from fedkt.config import (BEFORE_THE_KEY, CONF_DIR, ConfigError, RunConfig, base_defaults, build_config, check_ray_resources,
-                          check_server_device, flatten, gpus_per_client, synthetic_data_note, unflatten)
+from fedkt.config import (BEFORE_THE_KEY, CONF_DIR, ConfigError, RunConfig, base_defaults, build_config,
+                          check_ray_resources, check_server_device, flatten, gpus_per_client, synthetic_data_note,
+                          unflatten)
 from fedkt.data import DataError
+from fedkt.learner import state_size
 from fedkt.results import RunRecorder, dump_json, read_checkpoint
 from fedkt.server_app import run_and_record
 from fedkt.strategy import FederationError
@@ -148,12 +151,33 @@ def _federate(cfg: RunConfig, run_dir: Path, num_classes: int, recorder: RunReco
               state: dict | None = None) -> dict:
     log.info("%s on %s, %d clients (%s), %d rounds -> %s", cfg.algorithm.name, cfg.partition.scheme,
              cfg.num_clients, _count(cfg.architectures), cfg.num_rounds, run_dir)
+    check_disk_room(cfg, run_dir, num_classes)
 
     def launch(server_app):
         run_simulation(server_app=server_app, client_app=make_client_app(cfg), num_supernodes=cfg.num_clients,
                        backend_config=backend_config(cfg), verbose_logging=cfg.logging.verbose)
 
     return run_and_record(cfg, run_dir, num_classes, recorder, launch, state)
+
+
+def check_disk_room(cfg: RunConfig, run_dir: Path, num_classes: int) -> None:
+    """Say how much room the clients' saved state takes (client.state_store=disk: each client's last two rounds,
+    under run_dir/clients, kept after the run), and warn before the first round when the disk has less free: a full
+    disk stops a run in the middle (with its rounds so far kept), and a sweep of many runs fills one."""
+    if cfg.client.state_store != "disk":
+        return
+    sizes = {arch: state_size(cfg, arch, num_classes) for arch in set(cfg.architectures)}
+    need = 2 * sum(sizes[arch] for arch in cfg.architectures)
+    folder = run_dir / "clients"
+    held = sum(f.stat().st_size for f in folder.rglob("*.pt")) if folder.exists() else 0  # a resumed run's
+    free = shutil.disk_usage(run_dir).free
+    log.info("client state: about %.2f GB under %s (each client's last two rounds, kept after the run for resume)",
+             need / 1e9, folder)
+    if free < need - held:
+        log.warning("the disk under %s has %.2f GB free, less than the %.2f GB the clients' state still needs: the "
+                    "run will stop when the disk fills (its finished rounds kept). Free space (finished runs' "
+                    "clients/ folders are needed only to resume them), or use client.state_store=context "
+                    "(state in memory: the run cannot be resumed)", run_dir, free / 1e9, (need - held) / 1e9)
 
 
 def _count(archs: list[str]) -> str:

@@ -164,7 +164,7 @@ def test_disk_room_is_told_and_a_disk_too_small_is_warned_before_the_first_round
             sim.check_disk_room(config, tmp_path, 10)
         return [r.levelname for r in caplog.records]
 
-    assert check() == ["INFO"] and f"client state: about {need / 1e9:.2f} GB" in caplog.text
+    assert check() == ["INFO"] and f"client state: about {need / 1e6:.1f} MB" in caplog.text
     free["bytes"] = need // 2
     assert check() == ["INFO", "WARNING"]
     assert "less than the" in caplog.text and "client.state_store=context" in caplog.text

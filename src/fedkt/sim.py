@@ -171,13 +171,17 @@ def check_disk_room(cfg: RunConfig, run_dir: Path, num_classes: int) -> None:
     folder = run_dir / "clients"
     held = sum(f.stat().st_size for f in folder.rglob("*.pt")) if folder.exists() else 0  # a resumed run's
     free = shutil.disk_usage(run_dir).free
-    log.info("client state: about %.2f GB under %s (each client's last two rounds, kept after the run for resume)",
-             need / 1e9, folder)
+    log.info("client state: about %s under %s (each client's last two rounds, kept after the run for resume)",
+             _gigabytes(need), folder)
     if free < need - held:
-        log.warning("the disk under %s has %.2f GB free, less than the %.2f GB the clients' state still needs: the "
-                    "run will stop when the disk fills (its finished rounds kept). Free space (finished runs' "
-                    "clients/ folders are needed only to resume them), or use client.state_store=context "
-                    "(state in memory: the run cannot be resumed)", run_dir, free / 1e9, (need - held) / 1e9)
+        log.warning("the disk under %s has %s free, less than the %s the clients' state still needs: the run will "
+                    "stop when the disk fills (its finished rounds kept). Free space (finished runs' clients/ "
+                    "folders are needed only to resume them), or use client.state_store=context (state in memory: "
+                    "the run cannot be resumed)", run_dir, _gigabytes(free), _gigabytes(need - held))
+
+
+def _gigabytes(size: int) -> str:
+    return f"{size / 1e9:.2f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
 
 
 def _count(archs: list[str]) -> str:

@@ -139,10 +139,11 @@ def test_resume_refuses_in_memory_client_state(tmp_path):
 
 
 def test_resume_fills_settings_added_after_the_run_with_what_it_did(tmp_path, caplog):
-    from fedkt.config import load_config
+    from fedkt.config import BEFORE_THE_KEY, base_defaults, flatten, load_config
     from fedkt.results import dump_json
     from fedkt.sim import load_run_config
 
+    assert set(BEFORE_THE_KEY) <= set(flatten(base_defaults()))  # every entry names a real key
     cfg = load_config(["experiment=smoke", "algorithm.rho=0.3"], run_dir=str(tmp_path)).to_dict()
     for section, key in (("algorithm", "target_shift"), ("model", "channels_last"), ("algorithm", "coef_tol")):
         del cfg[section][key]  # as recorded by a version without the key
@@ -155,9 +156,6 @@ def test_resume_fills_settings_added_after_the_run_with_what_it_did(tmp_path, ca
     assert loaded.algorithm.coef_tol == 0.0 and load_config([]).algorithm.coef_tol > 0
     assert loaded.algorithm.rho == 0.3 and loaded.num_rounds == 2  # the run's own values stay
     assert "algorithm.target_shift=none" in caplog.text and "model.channels_last=" in caplog.text
-    from fedkt.config import BEFORE_THE_KEY, base_defaults, flatten
-
-    assert set(BEFORE_THE_KEY) <= set(flatten(base_defaults()))  # every entry names a real key
 
 
 def test_checkpoint_holds_no_pickle_and_an_old_pickle_is_refused_unloaded(tmp_path):

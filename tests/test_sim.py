@@ -149,6 +149,7 @@ def test_hydra_multirun_runs_each_into_its_own_directory(tmp_path):
 
 def test_disk_room_is_told_and_a_disk_too_small_is_warned_before_the_first_round(tmp_path, monkeypatch, caplog):
     import shutil
+    from types import SimpleNamespace
 
     from fedkt import sim
     from fedkt.learner import state_size
@@ -156,7 +157,7 @@ def test_disk_room_is_told_and_a_disk_too_small_is_warned_before_the_first_round
     cfg = load_config(["experiment=smoke", "model.architectures=lenet", "num_clients=4"])
     need = 2 * 4 * state_size(cfg, "lenet", 10)  # each client's last two rounds
     free = {"bytes": need * 10}
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 0, free["bytes"]))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=free["bytes"]))
 
     def check(config=cfg):
         caplog.clear()

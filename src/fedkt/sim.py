@@ -121,7 +121,8 @@ def load_run_config(run_dir: Path) -> RunConfig:
     saved = flatten(json.loads((run_dir / "config.json").read_text()))
     added = {k: BEFORE_THE_KEY.get(k, v) for k, v in flatten(base_defaults()).items() if k not in saved}
     if added:
-        log.warning("resume: %s was recorded before these settings existed; they take their defaults: %s", run_dir,
+        log.warning("resume: %s was recorded before these settings existed; they take what the run did, or else "
+                    "today's default: %s", run_dir,
                     ", ".join(f"{k}={v}" for k, v in added.items()))
     return build_config(unflatten({**added, **saved}))
 

@@ -16,12 +16,17 @@ client.max_local_epochs) before comparing arms.
   the config's lr policy stepped on validation accuracy each epoch (cosine: over --max-epochs steps), until
   --patience epochs without a new best validation accuracy or --max-epochs. The test accuracy is the one AT the
   best-validation epoch: the epoch is chosen by validation, never by test.
-Accuracies and the gap (converged - budget) are in percentage points.
+Accuracies and the gap (converged - budget) are in percentage points. Each architecture's row gives the mean gap
+over its clients with a 95 % confidence interval (clients as the samples, paired: the same shard both ways), and a
+verdict: "enough" (mean gap at most 2 points), "too small" (mean above 2 and the interval above zero: the budget
+falls short), or "unresolved" (mean above 2 but the interval holds zero: single clients' last-epoch noise, not a
+shortfall shown; add clients with --clients-per-arch).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -29,6 +34,7 @@ import time
 from fedkt.aggregation import local_epochs
 from fedkt.config import RunConfig, load_config
 from fedkt.learner import Learner, round_seed
+from fedkt.report import mean_ci
 from fedkt.task import load_federation
 from fedkt.train import LRPolicy
 
@@ -66,6 +72,16 @@ def converged_result(cfg: RunConfig, pid: int, max_epochs: int, patience: int) -
             break
     return {"best_epoch": best_epoch, "epochs_run": len(history), "test_acc": history[best_epoch - 1][2],
             "history": history, "seconds": time.perf_counter() - start}
+
+
+def verdict(gaps: list[float]) -> tuple[float, float, str]:
+    """(mean gap, half-width of its 95 % CI over the clients, verdict) for one architecture's per-client gaps."""
+    mean, half = mean_ci(gaps)
+    if mean <= GAP_LIMIT:
+        return mean, half, "enough"
+    if not math.isnan(half) and mean - half > 0:  # NaN with one client: a shortfall not told from noise
+        return mean, half, "too small"
+    return mean, half, "unresolved"
 
 
 def clients_by_architecture(cfg: RunConfig, per_arch: int) -> dict[str, list[int]]:
@@ -115,19 +131,24 @@ def main() -> None:
             print(f"| {arch} | {pid} | {budget['epochs']} | {b:.1f} | {converged['best_epoch']} "
                   f"({converged['epochs_run']}) | {v:.1f} | {v - b:+.1f} | "
                   f"{budget['seconds']:.1f} / {converged['seconds']:.1f} |", flush=True)
-    mean_gaps = {}
+    verdicts = {}
     for arch, pairs in gaps.items():
         b = sum(p[0] for p in pairs) / len(pairs)
         v = sum(p[1] for p in pairs) / len(pairs)
-        mean_gaps[arch] = v - b
-        print(f"| **{arch} (mean of {len(pairs)})** | | | {b:.1f} | | {v:.1f} | {v - b:+.1f} | |")
-    short = [arch for arch, gap in mean_gaps.items() if gap > GAP_LIMIT]
+        mean, half, verdicts[arch] = verdict([p[1] - p[0] for p in pairs])
+        interval = "(one client: no interval)" if math.isnan(half) else f"[{mean - half:+.1f}, {mean + half:+.1f}]"
+        print(f"| **{arch} (mean of {len(pairs)})** | | | {b:.1f} | | {v:.1f} | {mean:+.1f} {interval} "
+              f"**{verdicts[arch]}** | |")
+    short = [arch for arch, said in verdicts.items() if said == "too small"]
+    unresolved = [arch for arch, said in verdicts.items() if said == "unresolved"]
+    if unresolved:
+        print(f"unresolved (mean gap > {GAP_LIMIT:g} points, but its interval holds zero): {', '.join(unresolved)}; "
+              "measure more clients (--clients-per-arch) before changing the budget")
     if short:
-        print(f"budget too small (mean gap > {GAP_LIMIT:g} points): {', '.join(short)}; raise the preset's budget "
-              "before comparing arms")
-    else:
+        print(f"budget too small (mean gap > {GAP_LIMIT:g} points, interval above zero): {', '.join(short)}; "
+              "raise the preset's budget before comparing arms")
+    elif not unresolved:
         print(f"budget enough: no architecture's mean gap exceeds {GAP_LIMIT:g} points")
-
 
 if __name__ == "__main__":
     main()

@@ -40,7 +40,7 @@ def test_budget_gap_prints_a_row_per_client_and_architecture(tmp_path):
         assert len(rows) == 1, (arch, proc.stdout)
         assert int(rows[0][2]) == budget_epochs
         assert any(line.startswith(f"| **{arch} (mean of 1)** |") for line in lines)
-    assert lines[-1].startswith(("budget enough", "budget too small"))
+    assert lines[-1].startswith(("budget enough", "budget too small", "unresolved"))
 
 
 def test_budget_is_the_local_arm_and_convergence_is_chosen_by_validation(monkeypatch):
@@ -67,3 +67,13 @@ def test_budget_is_the_local_arm_and_convergence_is_chosen_by_validation(monkeyp
     assert result["best_epoch"] == 2 and result["epochs_run"] == 5
     assert result["test_acc"] == 0.3
     assert [h[0] for h in result["history"]] == [1, 2, 3, 4, 5]
+
+
+def test_verdict_needs_the_interval_above_zero_to_call_a_budget_too_small():
+    verdict = load_script().verdict
+    assert verdict([1.0, 3.0, 2.0])[2] == "enough"  # mean 2.0: at the limit
+    mean, half, said = verdict([3.0, 3.5, 2.5])
+    assert (mean, said) == (3.0, "too small") and 0 < half < 3.0
+    mean, half, said = verdict([-7.0, 18.0, 1.0])  # the spread of single clients seen on paper_cpu
+    assert said == "unresolved" and mean - half < 0 < mean
+    assert verdict([5.0])[2] == "unresolved"  # one client: no interval, no verdict beyond the mean

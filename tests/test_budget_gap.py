@@ -1,5 +1,6 @@
 """bench/budget_gap.py: the preset's budget (the local arm) against training to convergence, on generated data."""
 
+import dataclasses
 import importlib.util
 import os
 import subprocess
@@ -25,13 +26,13 @@ def load_script():
 def test_budget_gap_prints_a_row_per_client_and_architecture(tmp_path):
     env = dict(os.environ, FEDKT_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(REPO / "src"))
     proc = subprocess.run([sys.executable, str(SCRIPT), "--data", "unused", "--set", *SMOKE, "--clients-per-arch",
-                           "1", "--max-epochs", "4", "--patience", "2"],
+                           "1", "--epochs-per-round", "3"],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("$ python ") and "num_rounds 2" in lines[1]
     header = next(line for line in lines if line.startswith("| architecture"))
-    for column in ("pid", "budget epochs", "budget test acc", "best-val epoch", "converged test acc", "gap (points)"):
+    for column in ("pid", "budget epochs", "budget test acc", "reference epochs", "reference test acc", "gap (points)"):
         assert f" {column}" in header, column
     cfg = load_config(["experiment=smoke"])
     budget_epochs = cfg.client.warmup_epochs + sum(local_epochs(cfg, r) for r in range(1, cfg.num_rounds + 1))
@@ -39,13 +40,14 @@ def test_budget_gap_prints_a_row_per_client_and_architecture(tmp_path):
         rows = [line.split("|")[1:-1] for line in lines if line.startswith(f"| {arch} |")]
         assert len(rows) == 1, (arch, proc.stdout)
         assert int(rows[0][2]) == budget_epochs
+        assert int(rows[0][4]) == cfg.client.warmup_epochs + 3 * cfg.num_rounds  # 3 epochs in every round
         assert any(line.startswith(f"| **{arch} (mean of 1)** |") for line in lines)
     assert lines[-1].startswith(("budget enough", "budget too small", "unresolved"))
 
 
-def test_budget_is_the_local_arm_and_convergence_is_chosen_by_validation(monkeypatch):
+def test_budget_is_the_local_arm_and_the_reference_the_same_arm_with_more_epochs():
     script = load_script()
-    cfg = load_config(["algorithm=local", *SMOKE])
+    cfg = load_config(["algorithm=local", *SMOKE, "client.max_local_epochs=6"])
 
     # budget: what the local arm's loop gives, written out step by step
     learner = Learner(cfg, 0)
@@ -57,16 +59,12 @@ def test_budget_is_the_local_arm_and_convergence_is_chosen_by_validation(monkeyp
     budget = script.budget_result(cfg, 0)
     assert (budget["test_loss"], budget["test_acc"]) == learner.test()
 
-    # converged: the epoch of the best validation accuracy, never the best test accuracy; stop after `patience`
-    val = iter([0.2, 0.5, 0.4, 0.5, 0.3, 0.9])
-    test = iter([0.1, 0.3, 0.8, 0.9, 0.7, 0.6])
-    monkeypatch.setattr(Learner, "train", lambda self, epochs, seed: {"loss": 0.0, "acc": 0.0})
-    monkeypatch.setattr(Learner, "validate", lambda self: (0.0, next(val)))
-    monkeypatch.setattr(Learner, "test", lambda self: (0.0, next(test)))
-    result = script.converged_result(cfg, 0, max_epochs=6, patience=3)
-    assert result["best_epoch"] == 2 and result["epochs_run"] == 5
-    assert result["test_acc"] == 0.3
-    assert [h[0] for h in result["history"]] == [1, 2, 3, 4, 5]
+    # reference: the same loop with the given epochs in every round, the ramp off, nothing else changed
+    reference_cfg = script.reference_config(cfg, 4)
+    assert [local_epochs(reference_cfg, r) for r in range(1, cfg.num_rounds + 1)] == [4] * cfg.num_rounds
+    assert reference_cfg.replace(client=cfg.client) == cfg
+    assert dataclasses.replace(reference_cfg.client, local_epochs=1, max_local_epochs=6) == cfg.client
+    assert script.budget_result(reference_cfg, 0)["epochs"] == cfg.client.warmup_epochs + 4 * cfg.num_rounds
 
 
 def test_verdict_needs_the_interval_above_zero_to_call_a_budget_too_small():

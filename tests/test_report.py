@@ -214,7 +214,20 @@ def test_one_seed_shows_dash_and_settings_split_groups(tmp_path):
     assert report.setting_keys == ["faults.fail_prob", "model.norm"]
     assert {g.setting: g.n for g in report.groups} == {
         "faults.fail_prob=—, model.norm=none": 1, "faults.fail_prob=—, model.norm=batch": 1,
-        "faults.fail_prob=0.0, model.norm=batch": 1, "faults.fail_prob=0.3, model.norm=batch": 1}
+        "faults.fail_prob=0, model.norm=batch": 1, "faults.fail_prob=0.3, model.norm=batch": 1}
+
+
+def test_a_number_written_as_int_by_one_version_and_float_by_another_is_one_setting(tmp_path):
+    fake_run(tmp_path / "s/0", "ktpfl", "type1", 0, history=(0.3, 0.4), extra={"round_timeout": 0})
+    fake_run(tmp_path / "s/1", "ktpfl", "type1", 1, history=(0.3, 0.5), extra={"round_timeout": 0.0})
+    fake_run(tmp_path / "s/2", "local", "type1", 0, history=(0.3, 0.2), extra={"round_timeout": 0.0})
+    fake_run(tmp_path / "s/3", "local", "type1", 1, history=(0.3, 0.3), extra={"round_timeout": 0})
+    report = write_report([tmp_path / "s"])
+    assert report.setting_keys == []
+    assert {(g.algorithm, g.n) for g in report.groups} == {("ktpfl", 2), ("local", 2)}
+    assert [p.seeds for p in report.paired] == [[0, 1]]  # paired across the two versions' runs
+    fake_run(tmp_path / "s/4", "ktpfl", "type1", 2, history=(0.3, 0.5), extra={"round_timeout": 30.0})
+    assert write_report([tmp_path / "s"]).setting_keys == ["round_timeout"]  # a real difference still splits
 
 
 def test_report_without_runs_fails_cleanly(tmp_path, capsys):

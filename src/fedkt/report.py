@@ -322,6 +322,14 @@ def _label(path: Path, roots: list[Path]) -> str:
     return str(path)
 
 
+def canonical(value):
+    """A config value as settings compare it: a whole number as an int, so that 0 and 0.0 (written by versions
+    that typed a key differently) are one setting, not two."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def setting_keys(runs: list[Run]) -> list[str]:
     """Config keys that take two or more values among the runs that have them, minus the ignored ones.
     A key only some runs have, with one value, is a key added to the config between runs (the others ran
@@ -331,7 +339,7 @@ def setting_keys(runs: list[Run]) -> list[str]:
     for key in keys:
         if key in IGNORED_KEYS or key.startswith(IGNORED_PREFIXES):
             continue
-        if len({json.dumps(r.flat[key], sort_keys=True, default=str) for r in runs if key in r.flat}) > 1:
+        if len({json.dumps(canonical(r.flat[key]), sort_keys=True, default=str) for r in runs if key in r.flat}) > 1:
             varying.append(key)
     return varying
 
@@ -743,7 +751,7 @@ def write_report(paths, out_dir=None, run_figures: bool = False, x_key: str | No
     runs = [load_run(d, roots) for d in dirs]
     keys = setting_keys(runs)
     for run in runs:
-        run.setting = ", ".join(f"{k}={run.flat.get(k, _MISSING)}" for k in keys)
+        run.setting = ", ".join(f"{k}={canonical(run.flat.get(k, _MISSING))}" for k in keys)
     groups = group_runs(runs)
     paired = paired_differences(groups)
     if x_key and not any(x_key in r.flat for r in runs):

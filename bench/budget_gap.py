@@ -43,7 +43,6 @@ from fedkt.config import RunConfig, load_config
 from fedkt.learner import Learner
 from fedkt.report import mean_ci
 from fedkt.task import load_federation
-from fedkt.train import LRPolicy
 
 GAP_LIMIT = 2.0  # points: above this mean gap, the preset's budget under-trains the architecture
 
@@ -139,6 +138,7 @@ def main() -> None:
               "raise the preset's budget before comparing arms")
     elif not unresolved:
         print(f"budget enough: no architecture's mean gap exceeds {GAP_LIMIT:g} points")
+
 
 if __name__ == "__main__":
     main()

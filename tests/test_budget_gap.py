@@ -1,4 +1,4 @@
-"""bench/budget_gap.py: the preset's budget (the local arm) against training to convergence, on generated data."""
+"""bench/budget_gap.py: the preset's budget (the local arm) against the same arm with more epochs, on generated data."""
 
 import dataclasses
 import importlib.util

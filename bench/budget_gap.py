@@ -100,6 +100,8 @@ def main() -> None:
     parser.add_argument("--epochs-per-round", type=int, default=10, help="the reference: this many private epochs "
                         "in every round (no ramp)")
     args = parser.parse_args()
+    if args.epochs_per_round < 1 or args.clients_per_arch < 1:
+        parser.error("--epochs-per-round and --clients-per-arch must be at least 1")
     cfg = load_config([f"data.root={args.data}", "algorithm=local", *args.set])
     reference_cfg = reference_config(cfg, args.epochs_per_round)
     load_federation(cfg)  # decode or read the cache once, outside the timings

@@ -75,3 +75,10 @@ def test_verdict_needs_the_interval_above_zero_to_call_a_budget_too_small():
     mean, half, said = verdict([-7.0, 18.0, 1.0])  # the spread of single clients seen on paper_cpu
     assert said == "unresolved" and mean - half < 0 < mean
     assert verdict([5.0])[2] == "unresolved"  # one client: no interval, no verdict beyond the mean
+
+
+def test_a_reference_without_epochs_is_refused_with_the_option_named(tmp_path):
+    env = dict(os.environ, FEDKT_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(REPO / "src"))
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--data", "unused", "--set", *SMOKE, "--epochs-per-round", "0"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2 and "--epochs-per-round" in proc.stderr, proc.stderr[-2000:]

@@ -163,3 +163,29 @@ def test_state_size_estimates_what_a_client_saves(tmp_path, monkeypatch):
         assert 0.97 * saved <= learner.state_size(cfg, arch, 10) <= saved, arch
     no_momentum = load_config(["experiment=smoke", archs, "num_clients=4", "client.momentum=0"])
     assert learner.state_size(no_momentum, "resnet18", 10) < 0.6 * learner.state_size(cfg, "resnet18", 10)
+
+
+def test_min_steps_raises_a_small_shards_epochs_to_the_steps_asked(tmp_path, monkeypatch):
+    """client.min_steps: a client whose round epochs take fewer SGD steps trains as many more epochs as it needs,
+    exactly as if the server had asked for them; a shard that already takes enough is left alone."""
+    monkeypatch.setenv("FEDKT_CACHE", str(tmp_path / "cache"))
+    base = ["experiment=smoke", "algorithm=local", "client.batch_size=32"]
+    plain = load_config(base, run_dir=str(tmp_path))
+    raised = load_config([*base, "client.min_steps=7"], run_dir=str(tmp_path))
+    n = learner.Learner(plain, 0).num_train
+    per_epoch = learner.steps_per_epoch(n, 32)
+    assert per_epoch < 7  # the smoke shard takes fewer steps an epoch than asked
+    wanted = -(-7 // per_epoch)
+    assert learner.round_epochs(raised, 1, n) == wanted and learner.round_epochs(plain, 1, n) == 1
+    assert learner.round_epochs(raised, wanted + 2, n) == wanted + 2  # never fewer than the server asked
+    assert learner.round_epochs(raised, 1, 10 * 32) == 1               # 10 steps an epoch: enough already
+
+    def trained(cfg, epochs):
+        client = learner.Learner(cfg, 0)
+        client.fit_round(1, epochs)
+        return client.model.state_dict()
+
+    with_min_steps, asked_outright, one_epoch = trained(raised, 1), trained(plain, wanted), trained(plain, 1)
+    for name, tensor in asked_outright.items():
+        torch.testing.assert_close(with_min_steps[name], tensor, rtol=0, atol=0, msg=name)
+    assert any(not torch.equal(one_epoch[k], v) for k, v in asked_outright.items())

@@ -176,3 +176,25 @@ def test_disk_room_is_told_and_a_disk_too_small_is_warned_before_the_first_round
     in_memory = load_config(["experiment=smoke", "model.architectures=lenet", "num_clients=4",
                              "client.state_store=context"])
     assert check(in_memory) == []  # nothing goes to disk
+
+
+def test_clients_trained_too_few_steps_are_warned_about_before_the_first_round(caplog):
+    """A run whose smallest shard takes fewer than FEW_PRIVATE_STEPS private steps is warned about, naming the
+    client and the two ways out; quick's shards, client.min_steps and generated data are not."""
+    from fedkt import sim
+
+    def warnings(*overrides, sizes=(480, 21, 480), preset="quick"):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="fedkt"):
+            sim.check_private_steps(load_config([f"experiment={preset}", *overrides]), list(sizes))
+        return caplog.text
+
+    assert sim.private_steps(load_config(["experiment=quick"]), 480) == 21 * 15  # warm-up + ramp 1 -> 3, 15 a epoch
+    text = warnings()
+    assert "client 1 takes 21 private SGD steps" in text and "1 of the 3 clients take fewer than 100" in text
+    assert "client.local_epochs" in text and "client.min_steps" in text
+    assert warnings(sizes=(480, 480)) == ""
+    assert warnings("client.min_steps=10") == ""  # 1 warm-up step + 10 rounds of 10
+    assert warnings("client.local_epochs=10", "client.max_local_epochs=0") == ""
+    assert warnings("client.min_steps=9") != ""  # 91 steps
+    assert warnings(sizes=(21,), preset="smoke") == ""

@@ -21,6 +21,7 @@ from fedkt.train import (
     set_threads,
     state_from_bytes,
     state_to_bytes,
+    steps_per_epoch,
     train_epochs,
 )
 from helpers import (load_state, reference_cosine_lrs, reference_plateau_lrs, save_state,
@@ -488,3 +489,15 @@ def test_state_bytes_round_trip():
     _assert_same_training_state(model, opt, fresh, fresh_opt)
     with pytest.raises(ValueError, match="no optimizer state"):
         state_from_bytes(state_to_bytes(model), fresh, fresh_opt)
+
+
+def test_steps_per_epoch_counts_the_steps_an_epoch_takes():
+    """steps_per_epoch (the run's step budget, client.min_steps) against the optimizer steps train_epochs takes,
+    including the last batch of one sample that joins the one before."""
+    model = build_model("lenet", num_classes=3, in_channels=1)
+    for n, batch_size in [(1, 32), (21, 32), (32, 32), (33, 32), (34, 32), (65, 32), (7, 2), (9, 4)]:
+        x, y = torch.randn(n, 1, 28, 28), torch.randint(0, 3, (n,))
+        optimizer = make_optimizer(model, 0.01)
+        steps = train_epochs(model, x, y, optimizer, epochs=2, batch_size=batch_size)["steps"]
+        assert steps == 2 * steps_per_epoch(n, batch_size), (n, batch_size)
+    assert [steps_per_epoch(n, 32) for n in (1, 21, 32, 33, 34)] == [1, 1, 1, 1, 2]

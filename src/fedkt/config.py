@@ -93,6 +93,7 @@ class ClientConfig:
     batch_size: int = _positive()
     local_epochs: int = _positive()
     max_local_epochs: int = _non_negative()
+    min_steps: int = _non_negative()
     lr_policy: str = _one_of(*LR_POLICIES)
     lr_patience: int = _positive()
     lr_factor: float = _positive()

@@ -7,7 +7,7 @@ A round (`fit_round`), in this order:
 2. FedAvg: start from the global model with a fresh momentum; KT-pFL / FedMD: distil on the alignment subset of
    `target_seed` towards the target sent (client.distill_guard=val undoes a distillation that lowered the
    validation accuracy);
-3. train on the private train split for `epochs` epochs;
+3. train on the private train split for `epochs` epochs (more where client.min_steps asks for more steps);
 4. evaluate on the validation split, and step the learning-rate policy with that accuracy;
 5. upload: FedAvg the model's arrays; KT-pFL / FedMD the predictions on the alignment subset of `next_seed`.
 
@@ -27,13 +27,23 @@ from fedkt.core import alignment_indices, shift_targets, soft_predictions
 from fedkt.models import build_model, load_model_arrays, model_arrays, to_channels_last
 from fedkt.task import client_data, load_federation, public_data
 from fedkt.train import (LRPolicy, distill, make_optimizer, pick_device, predict_logits, set_threads,
-                         read_state, state_to_bytes, train_epochs)
+                         read_state, state_to_bytes, steps_per_epoch, train_epochs)
 from fedkt.train import evaluate as evaluate_model
 
 
 def round_seed(seed: int, partition_id: int, server_round: int) -> int:
     """The seed of one client's random draws in one round (batch order, augmentation, dropout)."""
     return int(seed) * 1_000_003 + partition_id * 1_009 + server_round
+
+
+def round_epochs(cfg: RunConfig, epochs: int, num_train: int) -> int:
+    """The private epochs a client trains in a round: the server's `epochs`, raised until they take at least
+    client.min_steps SGD steps on its num_train images (0 = off). A budget in steps, not epochs, keeps a small
+    shard from being trained a handful of steps (21 images, batch 32: one step an epoch; docs/RESULTS.md)."""
+    need = cfg.client.min_steps
+    if need <= 0:
+        return epochs
+    return max(epochs, -(-need // steps_per_epoch(num_train, cfg.client.batch_size)))
 
 
 class Learner:
@@ -103,7 +113,7 @@ class Learner:
             self.warm_up(seed)
         if target is not None:
             metrics.update(self.distil(target, target_seed, seed))
-        train = self.train(epochs, seed)
+        train = self.train(round_epochs(self.cfg, epochs, self.num_train), seed)
         val_loss, val_acc = self.validate()
         metrics.update(train_loss=float(train["loss"]), train_acc=float(train["acc"]), val_loss=float(val_loss),
                        val_acc=float(val_acc), lr=float(self.policy.lr))

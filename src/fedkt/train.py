@@ -122,13 +122,24 @@ def _check_inputs(x, y=None, name_x="x", name_y="y"):
     return y.long()
 
 
-def _batches(order, batch_size):
-    """Split an index tensor into batches; a last batch of one sample joins the previous one
+def _batch_starts(n: int, batch_size: int) -> list[int]:
+    """Where the batches of n samples start; a last batch of one sample joins the previous one
     (BatchNorm cannot train on a single sample with 1x1 feature maps)."""
-    n = len(order)
     starts = list(range(0, n, batch_size))
     if n > 1 and n % batch_size == 1:
         starts.pop()
+    return starts
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """SGD steps one epoch of train_epochs takes on n samples."""
+    return len(_batch_starts(n, batch_size))
+
+
+def _batches(order, batch_size):
+    """Split an index tensor into batches (_batch_starts)."""
+    n = len(order)
+    starts = _batch_starts(n, batch_size)
     for i, start in enumerate(starts):
         end = starts[i + 1] if i + 1 < len(starts) else n
         yield order[start:end]

@@ -387,6 +387,11 @@ def test_paired_differences_match_seeds_and_give_a_t_interval(tmp_path):
     assert "### Paired differences" in text and "| ktpfl − local | 3 | +4.33 | [-0.84, +9.50] | level |" in text
     saved = json.loads((tmp_path / "report" / "report.json").read_text())["paired"]
     assert {(p["a"], p["b"], p["verdict"]) for p in saved} >= {("ktpfl", "local", "level")}
+    # +5 points on every seed: ahead by the t interval, which has zero width, and flagged as such
+    assert "| ktpfl − fedmd | 3 | +5.00 | [+5.00, +5.00] | ktpfl ahead * |" in text
+    assert "The same difference on every seed" in text
+    assert {(p["a"], p["b"]): p["same_on_every_seed"] for p in saved} == {
+        ("ktpfl", "fedmd"): True, ("ktpfl", "local"): False, ("fedmd", "local"): False}
     # per architecture: client i is ARCHS[i] here (4 clients), so a difference is that client's
     per_arch = {(p.architecture, p.a, p.b): p for p in report.paired_architectures}
     assert {arch for arch, _, _ in per_arch} == set(ARCHS)

@@ -229,6 +229,13 @@ class Paired:
         return mean_ci(self.diffs)[1]
 
     @property
+    def no_spread(self) -> bool:
+        """The same difference on every seed: a t interval of zero width, which says the seeds agree to the
+        resolution of the test splits (one image in 8 or 40 moves a client by points), not that the difference
+        is known to that precision."""
+        return self.n >= 2 and float(np.ptp(self.diffs)) < 1e-9
+
+    @property
     def verdict(self) -> str:
         if not math.isfinite(self.half_width):
             return "too few seeds"
@@ -597,8 +604,12 @@ def paired_table(paired: list[Paired], with_setting: bool) -> list[str]:
         interval = f"[{_points(low)}, {_points(high)}]" if math.isfinite(p.half_width) else _MISSING
         rows.append([p.partition] + ([p.setting or "(default)"] if with_setting else [])
                     + ([p.architecture] if by_arch else []) + [
-            f"{p.a} − {p.b}", p.n, _points(p.mean), interval, p.verdict, ", ".join(map(str, p.seeds))])
-    return _table(header, rows)
+            f"{p.a} − {p.b}", p.n, _points(p.mean), interval, p.verdict + (" *" if p.no_spread else ""),
+            ", ".join(map(str, p.seeds))])
+    note = ["", "\\* The same difference on every seed: an interval of zero width says the seeds agree to the "
+                "resolution of the clients' test splits, not that the difference is known to that precision; more "
+                "seeds (or larger test splits) would tell."] if any(p.no_spread for p in paired) else []
+    return _table(header, rows) + note
 
 
 def architecture_table(groups: list[Group], with_setting: bool) -> list[str]:
@@ -715,11 +726,13 @@ def report_json(report: Report) -> dict:
                    for g in report.groups],
         "paired": [{"partition": p.partition, "setting": p.setting, "a": p.a, "b": p.b, "n": p.n,
                     "seeds": p.seeds, "diffs": [number(d) for d in p.diffs], "mean": number(p.mean),
-                    "ci95_half_width": number(p.half_width), "verdict": p.verdict} for p in report.paired],
+                    "ci95_half_width": number(p.half_width), "verdict": p.verdict,
+                    "same_on_every_seed": p.no_spread} for p in report.paired],
         "paired_by_architecture": [
             {"partition": p.partition, "setting": p.setting, "architecture": p.architecture, "a": p.a, "b": p.b,
              "n": p.n, "seeds": p.seeds, "diffs": [number(d) for d in p.diffs], "mean": number(p.mean),
-             "ci95_half_width": number(p.half_width), "verdict": p.verdict} for p in report.paired_architectures],
+             "ci95_half_width": number(p.half_width), "verdict": p.verdict, "same_on_every_seed": p.no_spread}
+            for p in report.paired_architectures],
         "runs": [{"run": r.label, "path": str(r.path), "algorithm": r.algorithm, "partition": r.partition,
                   "seed": r.seed, "setting": r.setting, "status": r.status, "error": r.error,
                   "included": r.included, "rounds_completed": r.summary.get("rounds_completed"),

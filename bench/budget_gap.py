@@ -13,8 +13,8 @@ client.max_local_epochs) before comparing arms.
 - budget: `Learner.fit_round(r, local_epochs(cfg, r))` for r = 1..num_rounds with algorithm=local (no target, no
   upload), the arm's own code path: warm-up in round 1, private epochs, lr policy stepped on validation accuracy
   once a round. Then the test accuracy of the client's own test split, as the arm's evaluate step reads it.
-  "epochs" counts private epochs (client.warmup_epochs + the rounds' local epochs; a labelled public warm-up is not
-  counted).
+  "epochs" counts private epochs (client.warmup_epochs + the rounds' local epochs, raised by client.min_steps where
+  it asks for more; a labelled public warm-up is not counted).
 - reference: the same, with --epochs-per-round E private epochs in every round (default 10, no ramp): the arm's own
   code, rounds and rate schedule with E times the training. No epoch is picked, so neither a small validation split
   nor the test split chooses it. Run a second E (say 20): where the two references agree, the reference is at its
@@ -40,7 +40,7 @@ import time
 
 from fedkt.aggregation import local_epochs
 from fedkt.config import RunConfig, load_config
-from fedkt.learner import Learner
+from fedkt.learner import Learner, round_epochs
 from fedkt.report import mean_ci
 from fedkt.task import load_federation
 
@@ -53,7 +53,8 @@ def budget_result(cfg: RunConfig, pid: int) -> dict:
     learner = Learner(cfg, pid)
     for r in range(1, cfg.num_rounds + 1):
         learner.fit_round(r, local_epochs(cfg, r))
-    epochs = cfg.client.warmup_epochs + sum(local_epochs(cfg, r) for r in range(1, cfg.num_rounds + 1))
+    epochs = cfg.client.warmup_epochs + sum(round_epochs(cfg, local_epochs(cfg, r), learner.num_train)
+                                            for r in range(1, cfg.num_rounds + 1))
     test_loss, test_acc = learner.test()
     return {"epochs": epochs, "test_loss": test_loss, "test_acc": test_acc, "seconds": time.perf_counter() - start}
 
@@ -87,6 +88,7 @@ def clients_by_architecture(cfg: RunConfig, per_arch: int) -> dict[str, list[int
 def config_summary(cfg: RunConfig) -> str:
     c = cfg.client
     return (f"num_rounds {cfg.num_rounds}, local_epochs {c.local_epochs}, max_local_epochs {c.max_local_epochs}, "
+            f"min_steps {c.min_steps}, "
             f"warmup_epochs {c.warmup_epochs}, warmup_public_epochs {c.warmup_public_epochs}, "
             f"batch_size {c.batch_size}, lr {c.lr}, lr_policy {c.lr_policy}, norm {cfg.model.norm}, "
             f"partition {cfg.partition.scheme}, samples_per_client {cfg.data.samples_per_client}")

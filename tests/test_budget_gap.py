@@ -10,6 +10,7 @@ from pathlib import Path
 from fedkt.aggregation import local_epochs
 from fedkt.config import load_config
 from fedkt.learner import Learner, round_seed
+from fedkt.train import steps_per_epoch
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "bench" / "budget_gap.py"
@@ -65,6 +66,13 @@ def test_budget_is_the_local_arm_and_the_reference_the_same_arm_with_more_epochs
     assert reference_cfg.replace(client=cfg.client) == cfg
     assert dataclasses.replace(reference_cfg.client, local_epochs=1, max_local_epochs=6) == cfg.client
     assert script.budget_result(reference_cfg, 0)["epochs"] == cfg.client.warmup_epochs + 4 * cfg.num_rounds
+
+    # client.min_steps raises the epochs of a round on a small shard: the count says so
+    steps_cfg = load_config(["algorithm=local", *SMOKE, "client.min_steps=40"])
+    per_epoch = steps_per_epoch(Learner(steps_cfg, 0).num_train, steps_cfg.client.batch_size)
+    assert per_epoch < 40
+    assert script.budget_result(steps_cfg, 0)["epochs"] == (steps_cfg.client.warmup_epochs
+                                                            + steps_cfg.num_rounds * -(-40 // per_epoch))
 
 
 def test_verdict_needs_the_interval_above_zero_to_call_a_budget_too_small():

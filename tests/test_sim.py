@@ -198,3 +198,16 @@ def test_clients_trained_too_few_steps_are_warned_about_before_the_first_round(c
     assert warnings("client.local_epochs=10", "client.max_local_epochs=0") == ""
     assert warnings("client.min_steps=9") != ""  # 91 steps
     assert warnings(sizes=(21,), preset="smoke") == ""
+
+
+def test_a_run_that_reads_validation_accuracy_is_refused_when_a_client_has_none():
+    """type 1 with 20 samples a client leaves some clients no validation image; the plateau rate (and the
+    distillation guard) would then fail every client in round 1. Refused before it, naming the ways out."""
+    from fedkt import sim
+
+    for setting in ("client.lr_policy=plateau", "client.distill_guard=val"):
+        with pytest.raises(ConfigError, match=f"1 of 3 clients \\(first: client 1\\) have no validation image.*"
+                                              f"{setting}.*raise data.samples_per_client"):
+            sim.check_validation_splits(load_config([setting]), [3, 0, 2])
+        sim.check_validation_splits(load_config([setting]), [3, 1, 2])
+    sim.check_validation_splits(load_config(["client.lr_policy=constant"]), [3, 0, 2])  # nothing reads it

@@ -115,6 +115,7 @@ def run(cfg: dict | RunConfig, run_dir: str | Path) -> dict:
     (run_dir / "partition.txt").write_text(partition.summary(labels, data.classes))
     partition.to_json(run_dir / "partition.json")
     dump_json(run_dir / "config.json", cfg.to_dict())
+    check_validation_splits(cfg, [len(shard.val) for shard in partition.clients])
     check_private_steps(cfg, [len(shard.train) for shard in partition.clients])
     return _federate(cfg, run_dir, data.num_classes, RunRecorder(run_dir, cfg))
 
@@ -166,6 +167,21 @@ def _federate(cfg: RunConfig, run_dir: Path, num_classes: int, recorder: RunReco
                        backend_config=backend_config(cfg), verbose_logging=cfg.logging.verbose)
 
     return run_and_record(cfg, run_dir, num_classes, recorder, launch, state)
+
+
+def check_validation_splits(cfg: RunConfig, val_sizes: list[int]) -> None:
+    """Refuse, before the first round, a run whose settings read validation accuracy every round (the plateau
+    rate, the distillation guard) when a client's shard leaves it no validation image: every client would fail."""
+    readers = [key for key, on in (("client.lr_policy=plateau", cfg.client.lr_policy == "plateau"),
+                                   ("client.distill_guard=val", cfg.client.distill_guard == "val")) if on]
+    empty = [pid for pid, n in enumerate(val_sizes) if n == 0]
+    if readers and empty:
+        raise ConfigError(f"{len(empty)} of {len(val_sizes)} clients (first: client {empty[0]}) have no validation "
+                          f"image with data.samples_per_client={cfg.data.samples_per_client} and "
+                          f"partition.val_fraction={cfg.partition.val_fraction} (partition.txt in the run directory "
+                          f"has the splits), and {' and '.join(readers)} {'needs' if len(readers) == 1 else 'need'} "
+                          f"validation accuracy every round; raise "
+                          f"data.samples_per_client or partition.val_fraction, or use client.lr_policy=constant")
 
 
 def private_steps(cfg: RunConfig, num_train: int) -> int:

@@ -40,7 +40,7 @@ import time
 
 from fedkt.aggregation import local_epochs
 from fedkt.config import RunConfig, load_config
-from fedkt.learner import Learner, round_epochs
+from fedkt.learner import Learner, private_epochs
 from fedkt.report import mean_ci
 from fedkt.task import load_federation
 
@@ -53,8 +53,7 @@ def budget_result(cfg: RunConfig, pid: int) -> dict:
     learner = Learner(cfg, pid)
     for r in range(1, cfg.num_rounds + 1):
         learner.fit_round(r, local_epochs(cfg, r))
-    epochs = cfg.client.warmup_epochs + sum(round_epochs(cfg, local_epochs(cfg, r), learner.num_train)
-                                            for r in range(1, cfg.num_rounds + 1))
+    epochs = private_epochs(cfg, learner.num_train)
     test_loss, test_acc = learner.test()
     return {"epochs": epochs, "test_loss": test_loss, "test_acc": test_acc, "seconds": time.perf_counter() - start}
 

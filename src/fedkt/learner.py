@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fedkt.aggregation import local_epochs
 from fedkt.config import RunConfig
 from fedkt.core import alignment_indices, shift_targets, soft_predictions
 from fedkt.models import build_model, load_model_arrays, model_arrays, to_channels_last
@@ -44,6 +45,14 @@ def round_epochs(cfg: RunConfig, epochs: int, num_train: int) -> int:
     if need <= 0:
         return epochs
     return max(epochs, -(-need // steps_per_epoch(num_train, cfg.client.batch_size)))
+
+
+def private_epochs(cfg: RunConfig, num_train: int) -> int:
+    """The private epochs a client with num_train training images trains in a whole run: the warm-up and every
+    round's epochs (the server's schedule, raised by client.min_steps). One count for the few-steps warning and
+    bench/budget_gap.py."""
+    return cfg.client.warmup_epochs + sum(round_epochs(cfg, local_epochs(cfg, r), num_train)
+                                          for r in range(1, cfg.num_rounds + 1))
 
 
 class Learner:

@@ -27,13 +27,12 @@ from flwr.simulation import run_simulation
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from fedkt.aggregation import local_epochs
 from fedkt.client_app import make_client_app
 from fedkt.config import (BEFORE_THE_KEY, CONF_DIR, ConfigError, RunConfig, base_defaults, build_config,
                           check_ray_resources, check_server_device, flatten, gpus_per_client, synthetic_data_note,
                           unflatten)
 from fedkt.data import DataError
-from fedkt.learner import round_epochs, state_size
+from fedkt.learner import private_epochs, state_size
 from fedkt.results import RunRecorder, dump_json, read_checkpoint
 from fedkt.server_app import run_and_record
 from fedkt.strategy import FederationError
@@ -186,9 +185,7 @@ def check_validation_splits(cfg: RunConfig, val_sizes: list[int]) -> None:
 
 def private_steps(cfg: RunConfig, num_train: int) -> int:
     """SGD steps a client with num_train training images takes on them in a run (warm-up and every round)."""
-    epochs = cfg.client.warmup_epochs + sum(round_epochs(cfg, local_epochs(cfg, r), num_train)
-                                            for r in range(1, cfg.num_rounds + 1))
-    return epochs * steps_per_epoch(num_train, cfg.client.batch_size)
+    return private_epochs(cfg, num_train) * steps_per_epoch(num_train, cfg.client.batch_size)
 
 
 def check_private_steps(cfg: RunConfig, train_sizes: list[int]) -> None:

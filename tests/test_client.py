@@ -189,3 +189,18 @@ def test_min_steps_raises_a_small_shards_epochs_to_the_steps_asked(tmp_path, mon
     for name, tensor in asked_outright.items():
         torch.testing.assert_close(with_min_steps[name], tensor, rtol=0, atol=0, msg=name)
     assert any(not torch.equal(one_epoch[k], v) for k, v in asked_outright.items())
+
+
+def test_a_client_without_a_validation_image_is_refused_where_its_settings_read_one(tmp_path, monkeypatch):
+    """A deployed client (no simulation start to check every shard first) whose shard leaves no validation image
+    says so when it is built, with the ways out, rather than failing in the plateau rate after its training; with
+    nothing reading validation accuracy it runs."""
+    monkeypatch.setenv("FEDKT_CACHE", str(tmp_path / "cache"))
+    tiny = ["experiment=smoke", "partition=type1", "data.samples_per_client=20"]  # 10 train, 0 validation images
+    for setting in ("client.lr_policy=plateau", "client.distill_guard=val"):
+        with pytest.raises(ConfigError, match=f"client 1 has no validation image \\(10 training images\\).*"
+                                              f"{setting}.*raise data.samples_per_client"):
+            learner.Learner(load_config([*tiny, setting], run_dir=str(tmp_path)), 1)
+    client = learner.Learner(load_config([*tiny, "client.lr_policy=constant"], run_dir=str(tmp_path)), 1)
+    assert len(client.data.y_val) == 0
+    client.fit_round(1, 1)

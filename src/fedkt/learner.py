@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from fedkt.aggregation import local_epochs
-from fedkt.config import RunConfig
+from fedkt.config import ConfigError, RunConfig
 from fedkt.core import alignment_indices, shift_targets, soft_predictions
 from fedkt.models import build_model, load_model_arrays, model_arrays, to_channels_last
 from fedkt.task import client_data, load_federation, public_data
@@ -47,6 +47,20 @@ def round_epochs(cfg: RunConfig, epochs: int, num_train: int) -> int:
     return max(epochs, -(-need // steps_per_epoch(num_train, cfg.client.batch_size)))
 
 
+def validation_readers(cfg: RunConfig) -> list[str]:
+    """The settings that read a client's validation accuracy every round (a client without a validation image
+    cannot run them)."""
+    return [key for key, on in (("client.lr_policy=plateau", cfg.client.lr_policy == "plateau"),
+                                ("client.distill_guard=val", cfg.client.distill_guard == "val")) if on]
+
+
+def no_validation_advice(cfg: RunConfig, readers: list[str]) -> str:
+    return (f"with data.samples_per_client={cfg.data.samples_per_client} and partition.val_fraction="
+            f"{cfg.partition.val_fraction}, and {' and '.join(readers)} {'needs' if len(readers) == 1 else 'need'} "
+            f"validation accuracy every round; raise data.samples_per_client or partition.val_fraction, or use "
+            f"client.lr_policy=constant")
+
+
 def private_epochs(cfg: RunConfig, num_train: int) -> int:
     """The private epochs a client with num_train training images trains in a whole run: the warm-up and every
     round's epochs (the server's schedule, raised by client.min_steps). One count for the few-steps warning and
@@ -67,6 +81,10 @@ class Learner:
         self.device = pick_device(c.device)
         set_threads(c.num_cpus)
         self.data = client_data(cfg, partition_id)
+        readers = validation_readers(cfg)
+        if readers and len(self.data.y_val) == 0:  # else the plateau rate fails after the round's training
+            raise ConfigError(f"client {partition_id} has no validation image "
+                              f"({len(self.data.y_train)} training images) {no_validation_advice(cfg, readers)}")
         state = None if saved is None else read_state(saved)
         self.model = self._build_model(state)
         self.optimizer = make_optimizer(self.model, c.lr, momentum=c.momentum, weight_decay=c.weight_decay)

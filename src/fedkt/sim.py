@@ -32,7 +32,7 @@ from fedkt.config import (BEFORE_THE_KEY, CONF_DIR, ConfigError, RunConfig, base
                           check_ray_resources, check_server_device, flatten, gpus_per_client, synthetic_data_note,
                           unflatten)
 from fedkt.data import DataError
-from fedkt.learner import private_epochs, state_size
+from fedkt.learner import no_validation_advice, private_epochs, state_size, validation_readers
 from fedkt.results import RunRecorder, dump_json, read_checkpoint
 from fedkt.server_app import run_and_record
 from fedkt.strategy import FederationError
@@ -171,16 +171,12 @@ def _federate(cfg: RunConfig, run_dir: Path, num_classes: int, recorder: RunReco
 def check_validation_splits(cfg: RunConfig, val_sizes: list[int]) -> None:
     """Refuse, before the first round, a run whose settings read validation accuracy every round (the plateau
     rate, the distillation guard) when a client's shard leaves it no validation image: every client would fail."""
-    readers = [key for key, on in (("client.lr_policy=plateau", cfg.client.lr_policy == "plateau"),
-                                   ("client.distill_guard=val", cfg.client.distill_guard == "val")) if on]
+    readers = validation_readers(cfg)
     empty = [pid for pid, n in enumerate(val_sizes) if n == 0]
     if readers and empty:
         raise ConfigError(f"{len(empty)} of {len(val_sizes)} clients (first: client {empty[0]}) have no validation "
-                          f"image with data.samples_per_client={cfg.data.samples_per_client} and "
-                          f"partition.val_fraction={cfg.partition.val_fraction} (partition.txt in the run directory "
-                          f"has the splits), and {' and '.join(readers)} {'needs' if len(readers) == 1 else 'need'} "
-                          f"validation accuracy every round; raise "
-                          f"data.samples_per_client or partition.val_fraction, or use client.lr_policy=constant")
+                          f"image (partition.txt in the run directory has the splits) "
+                          f"{no_validation_advice(cfg, readers)}")
 
 
 def private_steps(cfg: RunConfig, num_train: int) -> int:

@@ -5,6 +5,7 @@ private epochs on the same shard.
     python bench/budget_gap.py --data ../shared/data/cifar10-jpeg.tar.gz --set experiment=quick partition=type2
     python bench/budget_gap.py --data ../shared/data/cifar10-jpeg.tar.gz --set experiment=paper_cpu --clients-per-arch 2
     python bench/budget_gap.py --data ... --set ... --epochs-per-round 20   # is the reference itself at a plateau?
+    python bench/budget_gap.py --data ... --set experiment=quick --architectures resnet18   # one architecture a process
 
 Comparing arms on under-trained models measures who gets more gradient steps, not who transfers knowledge:
 where an architecture's mean gap exceeds 2 points, raise the preset's budget (num_rounds, client.local_epochs,
@@ -74,10 +75,12 @@ def verdict(gaps: list[float]) -> tuple[float, float, str]:
     return mean, half, "unresolved"
 
 
-def clients_by_architecture(cfg: RunConfig, per_arch: int) -> dict[str, list[int]]:
-    """The first `per_arch` partition ids of each architecture, architectures in config order."""
+def clients_by_architecture(cfg: RunConfig, per_arch: int, only: list[str] | None = None) -> dict[str, list[int]]:
+    """The first `per_arch` partition ids of each architecture (of those in `only`, if given), in config order."""
     chosen: dict[str, list[int]] = {}
     for pid, arch in enumerate(cfg.architectures):
+        if only and arch not in only:
+            continue
         pids = chosen.setdefault(arch, [])
         if len(pids) < per_arch:
             pids.append(pid)
@@ -100,10 +103,17 @@ def main() -> None:
     parser.add_argument("--clients-per-arch", type=int, default=2, help="first K clients of each architecture")
     parser.add_argument("--epochs-per-round", type=int, default=10, help="the reference: this many private epochs "
                         "in every round (no ramp)")
+    parser.add_argument("--architectures", default="", help="measure only these, comma-separated (e.g. "
+                        "resnet18,shufflenetv2: one process an architecture uses one core each)")
     args = parser.parse_args()
     if args.epochs_per_round < 1 or args.clients_per_arch < 1:
         parser.error("--epochs-per-round and --clients-per-arch must be at least 1")
     cfg = load_config([f"data.root={args.data}", "algorithm=local", *args.set])
+    only = [name for name in args.architectures.split(",") if name]
+    absent = sorted(set(only) - set(cfg.architectures))
+    if absent:
+        parser.error(f"--architectures {','.join(absent)}: not in this config's federation "
+                     f"({', '.join(sorted(set(cfg.architectures)))})")
     reference_cfg = reference_config(cfg, args.epochs_per_round)
     load_federation(cfg)  # decode or read the cache once, outside the timings
     Learner(cfg, 0).validate()  # and a process's one-time costs (first model, thread pools)
@@ -115,7 +125,7 @@ def main() -> None:
           "| gap (points) | seconds (budget / reference) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     gaps: dict[str, list[tuple[float, float]]] = {}
-    for arch, pids in clients_by_architecture(cfg, args.clients_per_arch).items():
+    for arch, pids in clients_by_architecture(cfg, args.clients_per_arch, only).items():
         for pid in pids:
             budget = budget_result(cfg, pid)
             reference = budget_result(reference_cfg, pid)

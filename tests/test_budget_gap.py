@@ -90,3 +90,16 @@ def test_a_reference_without_epochs_is_refused_with_the_option_named(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--data", "unused", "--set", *SMOKE, "--epochs-per-round", "0"],
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2 and "--epochs-per-round" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_architectures_picks_which_to_measure_and_refuses_one_not_in_the_federation(tmp_path):
+    script = load_script()
+    cfg = load_config(["experiment=quick"])  # 5 each of lenet, alexnet, resnet18, shufflenetv2
+    everyone = script.clients_by_architecture(cfg, 2)
+    assert list(everyone) == ["lenet", "alexnet", "resnet18", "shufflenetv2"]
+    assert script.clients_by_architecture(cfg, 2, ["shufflenetv2", "resnet18"]) == {
+        "resnet18": everyone["resnet18"], "shufflenetv2": everyone["shufflenetv2"]}
+    env = dict(os.environ, FEDKT_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(REPO / "src"))
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--data", "unused", "--set", *SMOKE, "--architectures",
+                           "lenet,resnet18"], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2 and "--architectures resnet18: not in this config's federation" in proc.stderr

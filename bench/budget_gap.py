@@ -6,6 +6,8 @@ private epochs on the same shard.
     python bench/budget_gap.py --data ../shared/data/cifar10-jpeg.tar.gz --set experiment=paper_cpu --clients-per-arch 2
     python bench/budget_gap.py --data ... --set ... --epochs-per-round 20   # is the reference itself at a plateau?
     python bench/budget_gap.py --data ... --set experiment=quick --architectures resnet18   # one architecture a process
+    python bench/budget_gap.py --data ... --set experiment=quick client.max_local_epochs=5 --reference-from OUT.txt
+        # another budget against the references an earlier run printed to OUT.txt (the reference is the slow part)
 
 Comparing arms on under-trained models measures who gets more gradient steps, not who transfers knowledge:
 where an architecture's mean gap exceeds 2 points, raise the preset's budget (num_rounds, client.local_epochs,
@@ -36,6 +38,7 @@ import argparse
 import dataclasses
 import math
 import os
+import shlex
 import sys
 import time
 
@@ -56,7 +59,8 @@ def budget_result(cfg: RunConfig, pid: int) -> dict:
         learner.fit_round(r, local_epochs(cfg, r))
     epochs = private_epochs(cfg, learner.num_train)
     test_loss, test_acc = learner.test()
-    return {"epochs": epochs, "test_loss": test_loss, "test_acc": test_acc, "seconds": time.perf_counter() - start}
+    return {"epochs": epochs, "test_loss": test_loss, "test_acc": test_acc, "seconds": time.perf_counter() - start,
+            "num_train": learner.num_train}
 
 
 def reference_config(cfg: RunConfig, epochs_per_round: int) -> RunConfig:
@@ -87,6 +91,31 @@ def clients_by_architecture(cfg: RunConfig, per_arch: int, only: list[str] | Non
     return chosen
 
 
+BUDGET_KEYS = ("client.local_epochs", "client.max_local_epochs")  # the keys reference_config replaces
+
+
+def earlier_references(path: str, args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[int, tuple]:
+    """pid -> (architecture, reference epochs, reference test acc in points) from an earlier output of this script
+    whose references are this run's: the same --data, --epochs-per-round and overrides, the budget's keys aside."""
+    lines = open(path).read().splitlines()
+    if not lines or not lines[0].startswith("$ python "):
+        parser.error(f"--reference-from {path}: not an output of this script (its first line is the command)")
+    earlier = parser.parse_args(shlex.split(lines[0])[3:])
+
+    def same_reference(a: argparse.Namespace) -> tuple:
+        return a.data, a.epochs_per_round, sorted(o for o in a.set if o.split("=", 1)[0] not in BUDGET_KEYS)
+
+    if same_reference(earlier) != same_reference(args):
+        parser.error(f"--reference-from {path}: its references were made with other settings; they differ from "
+                     f"this run's in more than {' and '.join(BUDGET_KEYS)}: {lines[0]}")
+    references = {}
+    for line in lines:
+        cells = [cell.strip() for cell in line.split("|")[1:-1]]
+        if len(cells) == 8 and cells[1].isdigit():
+            references[int(cells[1])] = (cells[0], int(cells[4]), float(cells[5]))
+    return references
+
+
 def config_summary(cfg: RunConfig) -> str:
     c = cfg.client
     return (f"num_rounds {cfg.num_rounds}, local_epochs {c.local_epochs}, max_local_epochs {c.max_local_epochs}, "
@@ -105,6 +134,9 @@ def main() -> None:
                         "in every round (no ramp)")
     parser.add_argument("--architectures", default="", help="measure only these, comma-separated (e.g. "
                         "resnet18,shufflenetv2: one process an architecture uses one core each)")
+    parser.add_argument("--reference-from", default="", help="reuse the references of an earlier output of this "
+                        "script (same settings but for client.local_epochs and client.max_local_epochs); clients it "
+                        "lacks are measured")
     args = parser.parse_args()
     if args.epochs_per_round < 1 or args.clients_per_arch < 1:
         parser.error("--epochs-per-round and --clients-per-arch must be at least 1")
@@ -115,6 +147,7 @@ def main() -> None:
         parser.error(f"--architectures {','.join(absent)}: not in this config's federation "
                      f"({', '.join(sorted(set(cfg.architectures)))})")
     reference_cfg = reference_config(cfg, args.epochs_per_round)
+    reused = earlier_references(args.reference_from, args, parser) if args.reference_from else {}
     load_federation(cfg)  # decode or read the cache once, outside the timings
     Learner(cfg, 0).validate()  # and a process's one-time costs (first model, thread pools)
 
@@ -128,11 +161,19 @@ def main() -> None:
     for arch, pids in clients_by_architecture(cfg, args.clients_per_arch, only).items():
         for pid in pids:
             budget = budget_result(cfg, pid)
-            reference = budget_result(reference_cfg, pid)
+            if pid in reused:
+                name, epochs, acc = reused[pid]
+                if name != arch or epochs != private_epochs(reference_cfg, budget["num_train"]):
+                    sys.exit(f"--reference-from: client {pid} is {name} with {epochs} reference epochs there, "
+                             f"{arch} with {private_epochs(reference_cfg, budget['num_train'])} here")
+                reference = {"epochs": epochs, "test_acc": acc / 100, "seconds": math.nan}
+            else:
+                reference = budget_result(reference_cfg, pid)
             b, v = 100 * budget["test_acc"], 100 * reference["test_acc"]
             gaps.setdefault(arch, []).append((b, v))
             print(f"| {arch} | {pid} | {budget['epochs']} | {b:.1f} | {reference['epochs']} | {v:.1f} | {v - b:+.1f} | "
-                  f"{budget['seconds']:.1f} / {reference['seconds']:.1f} |", flush=True)
+                  f"{budget['seconds']:.1f} / {'reused' if pid in reused else format(reference['seconds'], '.1f')} |",
+                  flush=True)
     verdicts = {}
     for arch, pairs in gaps.items():
         b = sum(p[0] for p in pairs) / len(pairs)

@@ -45,6 +45,24 @@ def test_budget_gap_prints_a_row_per_client_and_architecture(tmp_path):
         assert any(line.startswith(f"| **{arch} (mean of 1)** |") for line in lines)
     assert lines[-1].startswith(("budget enough", "budget too small", "unresolved"))
 
+    # another budget against those references: they are reused, not measured again; other settings are refused
+    earlier = tmp_path / "earlier.txt"
+    earlier.write_text(proc.stdout)
+    again = subprocess.run([sys.executable, str(SCRIPT), "--data", "unused", "--set", *SMOKE, "client.max_local_epochs=3",
+                            "--clients-per-arch", "1", "--epochs-per-round", "3", "--reference-from", str(earlier)],
+                           capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for arch in ("lenet", "alexnet"):
+        (old,) = [line.split("|")[1:-1] for line in lines if line.startswith(f"| {arch} |")]
+        (new,) = [line.split("|")[1:-1] for line in again.stdout.splitlines() if line.startswith(f"| {arch} |")]
+        assert new[4:6] == old[4:6] and new[7].strip().endswith("/ reused")
+        assert int(new[2]) == cfg.client.warmup_epochs + sum(  # the ramp 1 -> 3 over the two rounds
+            local_epochs(load_config([*SMOKE, "client.max_local_epochs=3"]), r) for r in (1, 2))
+    other = subprocess.run([sys.executable, str(SCRIPT), "--data", "unused", "--set", *SMOKE, "client.lr=0.05",
+                            "--epochs-per-round", "3", "--reference-from", str(earlier)],
+                           capture_output=True, text=True, timeout=120, env=env)
+    assert other.returncode == 2 and "its references were made with other settings" in other.stderr
+
 
 def test_budget_is_the_local_arm_and_the_reference_the_same_arm_with_more_epochs():
     script = load_script()

@@ -97,7 +97,10 @@ BUDGET_KEYS = ("client.local_epochs", "client.max_local_epochs")  # the keys ref
 def earlier_references(path: str, args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[int, tuple]:
     """pid -> (architecture, reference epochs, reference test acc in points) from an earlier output of this script
     whose references are this run's: the same --data, --epochs-per-round and overrides, the budget's keys aside."""
-    lines = open(path).read().splitlines()
+    try:
+        lines = open(path).read().splitlines()
+    except OSError as error:
+        parser.error(f"--reference-from {path}: {error.strerror}")
     if not lines or not lines[0].startswith("$ python "):
         parser.error(f"--reference-from {path}: not an output of this script (its first line is the command)")
     earlier = parser.parse_args(shlex.split(lines[0])[3:])

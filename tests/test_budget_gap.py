@@ -62,6 +62,9 @@ def test_budget_gap_prints_a_row_per_client_and_architecture(tmp_path):
                             "--epochs-per-round", "3", "--reference-from", str(earlier)],
                            capture_output=True, text=True, timeout=120, env=env)
     assert other.returncode == 2 and "its references were made with other settings" in other.stderr
+    missing = subprocess.run([sys.executable, str(SCRIPT), "--data", "unused", "--set", *SMOKE, "--reference-from",
+                              str(tmp_path / "absent.txt")], capture_output=True, text=True, timeout=120, env=env)
+    assert missing.returncode == 2 and "absent.txt: No such file or directory" in missing.stderr
 
 
 def test_budget_is_the_local_arm_and_the_reference_the_same_arm_with_more_epochs():

@@ -15,7 +15,7 @@ from PIL import Image
 from fedkt.config import base_defaults, build_config
 from fedkt.partition import make_partition
 from fedkt.plots import architectures_by_client, client_classes, row_entropy, write_run_figures
-from fedkt.report import ReportCallback, find_runs, main, write_report
+from fedkt.report import ALGORITHM_ORDER, ReportCallback, _gain_style, find_runs, main, write_report
 from fedkt.results import RunRecorder, dump_json
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -428,6 +428,14 @@ def test_sweep_figure_against_any_swept_key(tmp_path):
     assert all(p.mean == pytest.approx(0.03) and p.verdict == "ktpfl ahead" for p in report.paired)
     with pytest.raises(ValueError, match="no run's config has that key"):
         write_report([tmp_path / "runs"], tmp_path / "report", x_key="data.no_such_key")
+
+
+def test_every_pair_of_algorithms_gets_its_own_line_in_the_gain_figure():
+    """With four arms at one point, three differences used to share FedAvg's colour and dashes."""
+    pairs = [(a, b) for i, a in enumerate(ALGORITHM_ORDER) for b in ALGORITHM_ORDER[i + 1:]]
+    styles = [_gain_style(a, b) for a, b in pairs]
+    assert len(set(styles)) == len(pairs) == 6
+    assert {_gain_style(a, "local")[2] for a in ("ktpfl", "fedmd")} == {"-"}  # solid: against local
 
 
 def test_figures_name_architectures_from_the_config_when_clients_csv_lacks_them():

@@ -506,10 +506,9 @@ def plot_sweep(groups: list[Group], paired: list[Paired], x_key: str, out_dir: P
                                                                       p.half_width))
         for (a, b, other), points in gains.items():
             xs, means, halves = map(np.array, zip(*sorted(points)))
-            colour, marker = _algorithm_style(a if b == "local" else b)
+            colour, marker, line = _gain_style(a, b)
             ax_gain.errorbar(xs, 100 * means, yerr=100 * np.nan_to_num(halves), color=colour, marker=marker,
-                             capsize=3, lw=1.5, ls="-" if b == "local" else "--",
-                             label=f"{a} − {b}" + (f" [{other}]" if other else ""))
+                             capsize=3, lw=1.5, ls=line, label=f"{a} − {b}" + (f" [{other}]" if other else ""))
         ax_gain.axhline(0.0, color="black", lw=0.8)
         for ax in (ax_acc, ax_gain):
             ax.set_xlabel(x_key)
@@ -548,6 +547,15 @@ def _algorithm_style(algorithm: str) -> tuple[str, str]:
         return ALGORITHM_STYLE[algorithm]
     extra = ("#009E73", "#CC79A7", "#E69F00", "#56B4E9")
     return extra[sum(map(ord, algorithm)) % len(extra)], "D"
+
+
+# The line of a gain a − b: a's colour, b's marker and line, so every pair of the known algorithms looks different
+# (solid: against training alone).
+SUBTRAHEND_LINE = {"local": "-", "fedmd": "--", "fedavg": ":", "ktpfl": "-."}
+
+
+def _gain_style(a: str, b: str) -> tuple[str, str, str]:
+    return _algorithm_style(a)[0], _algorithm_style(b)[1], SUBTRAHEND_LINE.get(b, "-.")
 
 
 def _safe(name: str) -> str:

@@ -204,3 +204,24 @@ def test_a_client_without_a_validation_image_is_refused_where_its_settings_read_
     client = learner.Learner(load_config([*tiny, "client.lr_policy=constant"], run_dir=str(tmp_path)), 1)
     assert len(client.data.y_val) == 0
     client.fit_round(1, 1)
+
+
+def test_a_deployed_client_warns_itself_when_it_takes_few_private_steps(tmp_path, monkeypatch, caplog):
+    """`flwr run`'s ServerApp holds no shard sizes, so a deployed client says in round 1 that it is under-trained;
+    a simulated one leaves it to python -m fedkt.sim's one warning for the whole federation."""
+    quick = load_config(["experiment=quick"])
+    text = learner.few_steps_warning(quick, 3, 21)  # 21 images, batch 32: one step an epoch, 21 in the run
+    assert "client 3 takes 21 private SGD steps" in text and "client.min_steps" in text
+    assert learner.few_steps_warning(quick, 3, 480) is None
+    assert learner.few_steps_warning(load_config(["experiment=smoke"]), 3, 21) is None  # generated data
+    asked = []
+    monkeypatch.setattr(client_app, "few_steps_warning", lambda cfg, pid, n: asked.append((pid, n)) or "too few")
+    config = {"epochs": 1, "next_seed": 5, "target_seed": -1, "target_partition": -1}
+    client = make_client(tmp_path, monkeypatch)
+    with caplog.at_level("WARNING", logger="fedkt"):
+        client.fit([], {"round": 1, **config})  # simulated: no warning
+        deployed = client_app.KnowledgeClient(client.cfg, client.store.context, warn_few_steps=True)
+        deployed.fit([], {"round": 2, **config})  # only in round 1
+        assert asked == [] and "too few" not in caplog.text
+        deployed.fit([], {"round": 1, **config})
+    assert asked == [(1, deployed.learner.num_train)] and "too few" in caplog.text

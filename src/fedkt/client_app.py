@@ -10,6 +10,7 @@ resumed) or in the node's context.state (client.state_store=context).
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -21,9 +22,10 @@ from fedkt.app_config import client_cfg
 from fedkt.config import RunConfig
 from fedkt.faults import FaultPlan
 from fedkt.files import write_atomic
-from fedkt.learner import Learner
+from fedkt.learner import Learner, few_steps_warning
 
 STATE_KEY = "fedkt-client"
+log = logging.getLogger("fedkt")
 
 
 class StateStore:
@@ -64,8 +66,9 @@ class KnowledgeClient(NumPyClient):
     """The Flower side of one client: built per message, it restores the client's `Learner` (fedkt.learner) from
     the state store, runs the step Flower asks for, and saves the state again. Fault injection happens here."""
 
-    def __init__(self, cfg: RunConfig, context: Context):
+    def __init__(self, cfg: RunConfig, context: Context, warn_few_steps: bool = False):
         self.cfg = cfg
+        self.warn_few_steps = warn_few_steps  # deployed: no ServerApp-side check knows the shard sizes
         self.partition_id = int(context.node_config["partition-id"])
         if not 0 <= self.partition_id < cfg.num_clients:
             raise ValueError(f"partition-id {self.partition_id} is outside 0..{cfg.num_clients - 1}")
@@ -88,6 +91,9 @@ class KnowledgeClient(NumPyClient):
         rnd = int(config["round"])
         self.faults.before_fit(self.partition_id, rnd)
         learner = self._restore(max_round=rnd - 1)
+        if self.warn_few_steps and rnd == 1 and (warning := few_steps_warning(self.cfg, self.partition_id,
+                                                                               learner.num_train)):
+            log.warning(warning)
         fedavg = self.cfg.algorithm.name == "fedavg"
         target = None
         if parameters and not fedavg:
@@ -125,7 +131,7 @@ def make_client_app(cfg: RunConfig) -> ClientApp:
 
 def _deployed_client_fn(context: Context):
     cfg = client_cfg(context.run_config, context.node_config, context.run_id)
-    return KnowledgeClient(cfg, context).to_client()
+    return KnowledgeClient(cfg, context, warn_few_steps=True).to_client()
 
 
 # The deployed ClientApp (`flwr run`, pyproject's [tool.flwr.app.components]): KnowledgeClient over the

@@ -69,6 +69,30 @@ def private_epochs(cfg: RunConfig, num_train: int) -> int:
                                           for r in range(1, cfg.num_rounds + 1))
 
 
+def private_steps(cfg: RunConfig, num_train: int) -> int:
+    """SGD steps a client with num_train training images takes on them in a run (warm-up and every round)."""
+    return private_epochs(cfg, num_train) * steps_per_epoch(num_train, cfg.client.batch_size)
+
+
+# Private SGD steps in a run under which a client is warned about: LeNet clients with 10 images a class gained 15
+# points alone going from 11 to 101 steps, and nothing from 101 to 201 (docs/RESULTS.md, "Correction").
+FEW_PRIVATE_STEPS = 100
+FEW_STEPS_ADVICE = ("Training alone is likely under-trained, and arms compared on it measure who gets more steps "
+                    "(docs/RESULTS.md, budget). Give every arm more: client.local_epochs, or client.min_steps "
+                    "(private steps a round at least)")
+
+
+def few_steps_warning(cfg: RunConfig, partition_id: int, num_train: int) -> str | None:
+    """The warning for one client that takes fewer than FEW_PRIVATE_STEPS private steps in the run, else None
+    (never on generated data, where experiment=smoke checks the pipeline in as few steps as it can). A deployed
+    client says it itself: the ServerApp of `flwr run` holds no shard sizes."""
+    steps = private_steps(cfg, num_train)
+    if cfg.data.name == "synthetic" or steps >= FEW_PRIVATE_STEPS:
+        return None
+    return (f"client {partition_id} takes {steps} private SGD steps in this run ({num_train} training images, batch "
+            f"{cfg.client.batch_size}), fewer than {FEW_PRIVATE_STEPS}. {FEW_STEPS_ADVICE}")
+
+
 class Learner:
     """One client's model, optimizer, learning-rate policy and data; `saved` is what state_bytes() returned at
     the end of its last round (None: a fresh model)."""

@@ -32,7 +32,8 @@ from fedkt.config import (BEFORE_THE_KEY, CONF_DIR, ConfigError, RunConfig, base
                           check_ray_resources, check_server_device, flatten, gpus_per_client, synthetic_data_note,
                           unflatten)
 from fedkt.data import DataError
-from fedkt.learner import no_validation_advice, private_epochs, state_size, validation_readers
+from fedkt.learner import (FEW_PRIVATE_STEPS, FEW_STEPS_ADVICE, no_validation_advice, private_steps, state_size,
+                           validation_readers)
 from fedkt.results import RunRecorder, dump_json, read_checkpoint
 from fedkt.server_app import run_and_record
 from fedkt.strategy import FederationError
@@ -40,11 +41,6 @@ from fedkt.task import load_federation
 from fedkt.train import steps_per_epoch
 
 log = logging.getLogger("fedkt")
-
-# Private SGD steps in a run under which a client is warned about: LeNet clients with 10 images a class gained 15
-# points alone going from 11 to 101 steps, and nothing from 101 to 201 (docs/RESULTS.md, "Correction").
-FEW_PRIVATE_STEPS = 100
-
 
 def configure_logging(verbose: bool) -> None:
     log.setLevel(logging.INFO)
@@ -179,11 +175,6 @@ def check_validation_splits(cfg: RunConfig, val_sizes: list[int]) -> None:
                           f"{no_validation_advice(cfg, readers)}")
 
 
-def private_steps(cfg: RunConfig, num_train: int) -> int:
-    """SGD steps a client with num_train training images takes on them in a run (warm-up and every round)."""
-    return private_epochs(cfg, num_train) * steps_per_epoch(num_train, cfg.client.batch_size)
-
-
 def check_private_steps(cfg: RunConfig, train_sizes: list[int]) -> None:
     """Warn before the first round when a client trains fewer than FEW_PRIVATE_STEPS steps on its own data in the
     run: arms compared on clients that few steps measure who gets more steps, not who transfers knowledge. Not on
@@ -196,11 +187,9 @@ def check_private_steps(cfg: RunConfig, train_sizes: list[int]) -> None:
         return
     n, batch = train_sizes[client], cfg.client.batch_size
     log.warning("client %d takes %d private SGD steps in this run (%d training images, batch %d: %d an epoch), the "
-                "fewest; %d of the %d clients take fewer than %d. Training alone is likely under-trained, and arms "
-                "compared on it measure who gets more steps (docs/RESULTS.md, budget). Give every arm more: "
-                "client.local_epochs, or client.min_steps (private steps a round at least)", client, steps[client],
-                n, batch, steps_per_epoch(n, batch), sum(s < FEW_PRIVATE_STEPS for s in steps), len(steps),
-                FEW_PRIVATE_STEPS)
+                "fewest; %d of the %d clients take fewer than %d. %s", client, steps[client], n, batch,
+                steps_per_epoch(n, batch), sum(s < FEW_PRIVATE_STEPS for s in steps), len(steps), FEW_PRIVATE_STEPS,
+                FEW_STEPS_ADVICE)
 
 
 def check_disk_room(cfg: RunConfig, run_dir: Path, num_classes: int) -> None:

@@ -8,6 +8,8 @@ private epochs on the same shard.
     python bench/budget_gap.py --data ... --set experiment=quick --architectures resnet18   # one architecture a process
     python bench/budget_gap.py --data ... --set experiment=quick client.max_local_epochs=5 --reference-from OUT.txt
         # another budget against the references an earlier run printed to OUT.txt (the reference is the slow part)
+    python bench/budget_gap.py --combine lenet.txt alexnet.txt resnet18.txt shufflenetv2.txt
+        # the verdicts over several outputs of the same budget (one an architecture, or other seeds' shards)
 
 Comparing arms on under-trained models measures who gets more gradient steps, not who transfers knowledge:
 where an architecture's mean gap exceeds 2 points, raise the preset's budget (num_rounds, client.local_epochs,
@@ -29,7 +31,8 @@ Accuracies and the gap (reference - budget) are in percentage points. Each archi
 over its clients with a 95 % confidence interval (clients as the samples, paired: the same shard both ways), and a
 verdict: "enough" (mean gap at most 2 points), "too small" (mean above 2 and the interval above zero: the budget
 falls short), or "unresolved" (mean above 2 but the interval holds zero: single clients' last-epoch noise, not a
-shortfall shown; add clients with --clients-per-arch).
+shortfall shown; add clients with --clients-per-arch). With more than one architecture, a last row does the same
+over all the clients measured: five clients an architecture rarely settle a 3-point gap, twenty may.
 """
 
 from __future__ import annotations
@@ -111,12 +114,64 @@ def earlier_references(path: str, args: argparse.Namespace, parser: argparse.Arg
     if same_reference(earlier) != same_reference(args):
         parser.error(f"--reference-from {path}: its references were made with other settings; they differ from "
                      f"this run's in more than {' and '.join(BUDGET_KEYS)}: {lines[0]}")
-    references = {}
-    for line in lines:
-        cells = [cell.strip() for cell in line.split("|")[1:-1]]
-        if len(cells) == 8 and cells[1].isdigit():
-            references[int(cells[1])] = (cells[0], int(cells[4]), float(cells[5]))
-    return references
+    return {int(cells[1]): (cells[0], int(cells[4]), float(cells[5])) for cells in client_rows(lines)}
+
+
+def client_rows(lines: list[str]) -> list[list[str]]:
+    """The per-client rows of an output of this script, as cells (architecture, pid, ..., gap, seconds)."""
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines]
+    return [cells for cells in rows if len(cells) == 8 and cells[1].isdigit()]
+
+
+def summary_lines(pairs_by_arch: dict[str, list[tuple[float, float]]]) -> list[str]:
+    """Each architecture's mean row and verdict, the same over all clients where there are several architectures,
+    and what to do. pairs: (budget acc, reference acc) in points, one a client."""
+    lines, verdicts = [], {}
+    groups = dict(pairs_by_arch)
+    if len(groups) > 1:
+        groups["all architectures"] = [pair for pairs in pairs_by_arch.values() for pair in pairs]
+    for name, pairs in groups.items():
+        b = sum(p[0] for p in pairs) / len(pairs)
+        v = sum(p[1] for p in pairs) / len(pairs)
+        mean, half, verdicts[name] = verdict([p[1] - p[0] for p in pairs])
+        interval = "(one client: no interval)" if math.isnan(half) else f"[{mean - half:+.1f}, {mean + half:+.1f}]"
+        lines.append(f"| **{name} (mean of {len(pairs)})** | | | {b:.1f} | | {v:.1f} | {mean:+.1f} {interval} "
+                     f"**{verdicts[name]}** | |")
+    short = [name for name, said in verdicts.items() if said == "too small"]
+    unresolved = [name for name, said in verdicts.items() if said == "unresolved"]
+    if unresolved:
+        lines.append(f"unresolved (mean gap > {GAP_LIMIT:g} points, but its interval holds zero): "
+                     f"{', '.join(unresolved)}; measure more clients (--clients-per-arch, other seeds) before "
+                     "changing the budget")
+    if short:
+        lines.append(f"budget too small (mean gap > {GAP_LIMIT:g} points, interval above zero): {', '.join(short)}; "
+                     "raise the preset's budget before comparing arms")
+    elif not unresolved:
+        lines.append(f"budget enough: no mean gap exceeds {GAP_LIMIT:g} points")
+    return lines
+
+
+def combine(paths: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """The summary over several outputs of this script made with the same budget and reference (their settings
+    line, date and load aside); each file's clients count as clients of their own (other seeds: other shards)."""
+    pairs: dict[str, list[tuple[float, float]]] = {}
+    settings = {}
+    for path in paths:
+        try:
+            lines = open(path).read().splitlines()
+        except OSError as error:
+            parser.error(f"--combine {path}: {error.strerror}")
+        if len(lines) < 2 or not lines[0].startswith("$ python ") or lines[1].count(" | ") != 3:
+            parser.error(f"--combine {path}: not an output of this script (its first line is the command)")
+        settings[path] = lines[1].split(" | ", 2)[2]  # the budget's settings and the reference's epochs
+        for cells in client_rows(lines):
+            pairs.setdefault(cells[0], []).append((float(cells[3]), float(cells[5])))
+    if len(set(settings.values())) > 1:
+        parser.error("--combine: the outputs were made with other budgets or references:\n" +
+                     "\n".join(f"  {path}: {text}" for path, text in settings.items()))
+    if not pairs:
+        parser.error("--combine: no client rows in " + ", ".join(paths))
+    return [f"{len(paths)} outputs, {next(iter(settings.values()))}", *summary_lines(pairs)]
 
 
 def config_summary(cfg: RunConfig) -> str:
@@ -130,7 +185,7 @@ def config_summary(cfg: RunConfig) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="data.root: the CIFAR-10 archive or folder")
+    parser.add_argument("--data", help="data.root: the CIFAR-10 archive or folder")
     parser.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. experiment=quick partition=type2")
     parser.add_argument("--clients-per-arch", type=int, default=2, help="first K clients of each architecture")
     parser.add_argument("--epochs-per-round", type=int, default=10, help="the reference: this many private epochs "
@@ -140,7 +195,14 @@ def main() -> None:
     parser.add_argument("--reference-from", default="", help="reuse the references of an earlier output of this "
                         "script (same settings but for client.local_epochs and client.max_local_epochs); clients it "
                         "lacks are measured")
+    parser.add_argument("--combine", nargs="+", default=[], metavar="OUT", help="measure nothing: the verdicts over "
+                        "these earlier outputs of one budget (clients of every file pooled)")
     args = parser.parse_args()
+    if args.combine:
+        print("\n".join(combine(args.combine, parser)))
+        return
+    if not args.data:
+        parser.error("--data is required (but with --combine)")
     if args.epochs_per_round < 1 or args.clients_per_arch < 1:
         parser.error("--epochs-per-round and --clients-per-arch must be at least 1")
     cfg = load_config([f"data.root={args.data}", "algorithm=local", *args.set])
@@ -177,25 +239,7 @@ def main() -> None:
             print(f"| {arch} | {pid} | {budget['epochs']} | {b:.1f} | {reference['epochs']} | {v:.1f} | {v - b:+.1f} | "
                   f"{budget['seconds']:.1f} / {'reused' if pid in reused else format(reference['seconds'], '.1f')} |",
                   flush=True)
-    verdicts = {}
-    for arch, pairs in gaps.items():
-        b = sum(p[0] for p in pairs) / len(pairs)
-        v = sum(p[1] for p in pairs) / len(pairs)
-        mean, half, verdicts[arch] = verdict([p[1] - p[0] for p in pairs])
-        interval = "(one client: no interval)" if math.isnan(half) else f"[{mean - half:+.1f}, {mean + half:+.1f}]"
-        print(f"| **{arch} (mean of {len(pairs)})** | | | {b:.1f} | | {v:.1f} | {mean:+.1f} {interval} "
-              f"**{verdicts[arch]}** | |")
-    short = [arch for arch, said in verdicts.items() if said == "too small"]
-    unresolved = [arch for arch, said in verdicts.items() if said == "unresolved"]
-    if unresolved:
-        print(f"unresolved (mean gap > {GAP_LIMIT:g} points, but its interval holds zero): {', '.join(unresolved)}; "
-              "measure more clients (--clients-per-arch) before changing the budget")
-    if short:
-        print(f"budget too small (mean gap > {GAP_LIMIT:g} points, interval above zero): {', '.join(short)}; "
-              "raise the preset's budget before comparing arms")
-    elif not unresolved:
-        print(f"budget enough: no architecture's mean gap exceeds {GAP_LIMIT:g} points")
-
+    print("\n".join(summary_lines(gaps)))
 
 if __name__ == "__main__":
     main()

@@ -43,6 +43,7 @@ def test_budget_gap_prints_a_row_per_client_and_architecture(tmp_path):
         assert int(rows[0][2]) == budget_epochs
         assert int(rows[0][4]) == cfg.client.warmup_epochs + 3 * cfg.num_rounds  # 3 epochs in every round
         assert any(line.startswith(f"| **{arch} (mean of 1)** |") for line in lines)
+    assert any(line.startswith("| **all architectures (mean of 2)** |") for line in lines)
     assert lines[-1].startswith(("budget enough", "budget too small", "unresolved"))
 
     # another budget against those references: they are reused, not measured again; other settings are refused
@@ -124,3 +125,36 @@ def test_architectures_picks_which_to_measure_and_refuses_one_not_in_the_federat
     proc = subprocess.run([sys.executable, str(SCRIPT), "--data", "unused", "--set", *SMOKE, "--architectures",
                            "lenet,resnet18"], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2 and "--architectures resnet18: not in this config's federation" in proc.stderr
+
+
+def fake_output(path, arch_gaps, max_local_epochs=3):
+    """An output of the script as it prints one: command, settings line, header, one row per client."""
+    lines = ["$ python bench/budget_gap.py --data d --set experiment=quick",
+             f"2026-11-30 17:50 | 2 cores, load 3.1 | num_rounds 10, max_local_epochs {max_local_epochs}, partition "
+             "type2 | reference: 10 epochs a round", "| architecture | pid | ... |", "|---|"]
+    for pid, (arch, gap) in enumerate(arch_gaps):
+        lines.append(f"| {arch} | {pid} | 21 | 80.0 | 101 | {80 + gap:.1f} | {gap:+.1f} | 2.0 / 9.0 |")
+    path.write_text("\n".join(lines + ["budget enough: ..."]) + "\n")
+    return str(path)
+
+
+def test_combine_pools_outputs_and_finds_a_shortfall_no_architecture_shows_alone(tmp_path):
+    """Per architecture, five clients leave a 3-4 point gap unresolved; over all of them it is too small."""
+    gaps = {"lenet": [5.5, 4.5, 5.5, -1.0, 0.0], "alexnet": [-1.0, 5.0, 2.0, 9.0, 0.0],
+            "resnet18": [0.0, 10.5, 1.0, 15.0, 4.5]}
+    files = [fake_output(tmp_path / f"{arch}.txt", [(arch, g) for g in values]) for arch, values in gaps.items()]
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--combine", *files], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO / "src")))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert out.startswith("3 outputs, num_rounds 10, max_local_epochs 3")
+    for arch in gaps:
+        assert f"| **{arch} (mean of 5)** |" in out and "unresolved" in out.split(f"**{arch} (mean of 5)**")[1].split("\n")[0]
+    pooled = next(line for line in out.splitlines() if line.startswith("| **all architectures (mean of 15)** |"))
+    assert "+4.0 [" in pooled and pooled.rstrip(" |").endswith("**too small**")
+    assert out.rstrip().splitlines()[-1].startswith("budget too small") and "all architectures" in out.splitlines()[-1]
+    other = fake_output(tmp_path / "other.txt", [("lenet", 1.0)], max_local_epochs=10)
+    mixed = subprocess.run([sys.executable, str(SCRIPT), "--combine", files[0], other], capture_output=True,
+                           text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO / "src")))
+    assert mixed.returncode == 2 and "made with other budgets or references" in mixed.stderr
+    assert "max_local_epochs 10" in mixed.stderr

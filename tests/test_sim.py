@@ -189,9 +189,9 @@ def test_clients_trained_too_few_steps_are_warned_about_before_the_first_round(c
             sim.check_private_steps(load_config([f"experiment={preset}", *overrides]), list(sizes))
         return caplog.text
 
-    assert sim.private_steps(load_config(["experiment=quick"]), 480) == 21 * 15  # warm-up + ramp 1 -> 3, 15 a epoch
+    assert sim.private_steps(load_config(["experiment=quick"]), 480) == 56 * 15  # warm-up + ramp 1 -> 10, 15 an epoch
     text = warnings()
-    assert "client 1 takes 21 private SGD steps" in text and "1 of the 3 clients take fewer than 100" in text
+    assert "client 1 takes 56 private SGD steps" in text and "1 of the 3 clients take fewer than 100" in text
     assert "client.local_epochs" in text and "client.min_steps" in text
     assert warnings(sizes=(480, 480)) == ""
     assert warnings("client.min_steps=10") == ""  # 1 warm-up step + 10 rounds of 10

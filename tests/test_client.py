@@ -210,8 +210,8 @@ def test_a_deployed_client_warns_itself_when_it_takes_few_private_steps(tmp_path
     """`flwr run`'s ServerApp holds no shard sizes, so a deployed client says in round 1 that it is under-trained;
     a simulated one leaves it to python -m fedkt.sim's one warning for the whole federation."""
     quick = load_config(["experiment=quick"])
-    text = learner.few_steps_warning(quick, 3, 21)  # 21 images, batch 32: one step an epoch, 21 in the run
-    assert "client 3 takes 21 private SGD steps" in text and "client.min_steps" in text
+    text = learner.few_steps_warning(quick, 3, 21)  # 21 images, batch 32: one step an epoch, 56 in the run
+    assert "client 3 takes 56 private SGD steps" in text and "client.min_steps" in text
     assert learner.few_steps_warning(quick, 3, 480) is None
     assert learner.few_steps_warning(load_config(["experiment=smoke"]), 3, 21) is None  # generated data
     asked = []

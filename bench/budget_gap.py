@@ -241,5 +241,6 @@ def main() -> None:
                   flush=True)
     print("\n".join(summary_lines(gaps)))
 
+
 if __name__ == "__main__":
     main()

@@ -77,9 +77,6 @@ def private_steps(cfg: RunConfig, num_train: int) -> int:
 # Private SGD steps in a run under which a client is warned about: LeNet clients with 10 images a class gained 15
 # points alone going from 11 to 101 steps, and nothing from 101 to 201 (docs/RESULTS.md, "Correction").
 FEW_PRIVATE_STEPS = 100
-FEW_STEPS_ADVICE = ("Training alone is likely under-trained, and arms compared on it measure who gets more steps "
-                    "(docs/RESULTS.md, budget). Give every arm more: client.local_epochs, or client.min_steps "
-                    "(private steps a round at least)")
 
 
 def few_steps_warning(cfg: RunConfig, partition_id: int, num_train: int) -> str | None:
@@ -90,7 +87,9 @@ def few_steps_warning(cfg: RunConfig, partition_id: int, num_train: int) -> str 
     if cfg.data.name == "synthetic" or steps >= FEW_PRIVATE_STEPS:
         return None
     return (f"client {partition_id} takes {steps} private SGD steps in this run ({num_train} training images, batch "
-            f"{cfg.client.batch_size}), fewer than {FEW_PRIVATE_STEPS}. {FEW_STEPS_ADVICE}")
+            f"{cfg.client.batch_size}), fewer than {FEW_PRIVATE_STEPS}. Training alone is likely under-trained, and "
+            f"arms compared on it measure who gets more steps (docs/RESULTS.md, budget). Give every arm more: "
+            f"client.local_epochs, or client.min_steps (private steps a round at least)")
 
 
 class Learner:

@@ -32,13 +32,12 @@ from fedkt.config import (BEFORE_THE_KEY, CONF_DIR, ConfigError, RunConfig, base
                           check_ray_resources, check_server_device, flatten, gpus_per_client, synthetic_data_note,
                           unflatten)
 from fedkt.data import DataError
-from fedkt.learner import (FEW_PRIVATE_STEPS, FEW_STEPS_ADVICE, no_validation_advice, private_steps, state_size,
+from fedkt.learner import (FEW_PRIVATE_STEPS, few_steps_warning, no_validation_advice, private_steps, state_size,
                            validation_readers)
 from fedkt.results import RunRecorder, dump_json, read_checkpoint
 from fedkt.server_app import run_and_record
 from fedkt.strategy import FederationError
 from fedkt.task import load_federation
-from fedkt.train import steps_per_epoch
 
 log = logging.getLogger("fedkt")
 
@@ -179,17 +178,12 @@ def check_private_steps(cfg: RunConfig, train_sizes: list[int]) -> None:
     """Warn before the first round when a client trains fewer than FEW_PRIVATE_STEPS steps on its own data in the
     run: arms compared on clients that few steps measure who gets more steps, not who transfers knowledge. Not on
     generated data (experiment=smoke), which checks the pipeline in as few steps as it can."""
-    if cfg.data.name == "synthetic":
-        return
     steps = [private_steps(cfg, n) for n in train_sizes]
     client = min(range(len(steps)), key=steps.__getitem__)
-    if steps[client] >= FEW_PRIVATE_STEPS:
-        return
-    n, batch = train_sizes[client], cfg.client.batch_size
-    log.warning("client %d takes %d private SGD steps in this run (%d training images, batch %d: %d an epoch), the "
-                "fewest; %d of the %d clients take fewer than %d. %s", client, steps[client], n, batch,
-                steps_per_epoch(n, batch), sum(s < FEW_PRIVATE_STEPS for s in steps), len(steps), FEW_PRIVATE_STEPS,
-                FEW_STEPS_ADVICE)
+    warning = few_steps_warning(cfg, client, train_sizes[client])  # the fewest: if it is fine, all are
+    if warning:
+        log.warning("%s (the fewest; %d of the %d clients take fewer than %d)", warning,
+                    sum(s < FEW_PRIVATE_STEPS for s in steps), len(steps), FEW_PRIVATE_STEPS)
 
 
 def check_disk_room(cfg: RunConfig, run_dir: Path, num_classes: int) -> None:

@@ -1,6 +1,7 @@
-"""Is a preset's training budget enough? For the first clients of each architecture: the test accuracy a client
-reaches alone with the preset's budget (the `local` arm) against the same client trained alone with many more
-private epochs on the same shard.
+"""Is a preset's training budget enough? For the first clients of each architecture: the validation accuracy a
+client reaches alone with the preset's budget (the `local` arm) against the same client trained alone with many
+more private epochs on the same shard. The verdict reads validation splits only; test accuracy is printed beside
+it, for the record, and chooses nothing.
 
     python bench/budget_gap.py --data ../shared/data/cifar10-jpeg.tar.gz --set experiment=quick partition=type2
     python bench/budget_gap.py --data ../shared/data/cifar10-jpeg.tar.gz --set experiment=paper_cpu --clients-per-arch 2
@@ -17,7 +18,8 @@ client.max_local_epochs) before comparing arms.
 
 - budget: `Learner.fit_round(r, local_epochs(cfg, r))` for r = 1..num_rounds with algorithm=local (no target, no
   upload), the arm's own code path: warm-up in round 1, private epochs, lr policy stepped on validation accuracy
-  once a round. Then the test accuracy of the client's own test split, as the arm's evaluate step reads it.
+  once a round. Then the accuracy on the client's own validation split (what the verdict reads) and on its own
+  test split (as the arm's evaluate step reads it; printed, never judged).
   "epochs" counts private epochs (client.warmup_epochs + the rounds' local epochs, raised by client.min_steps where
   it asks for more; a labelled public warm-up is not counted).
 - reference: the same, with --epochs-per-round E private epochs in every round (default 10, no ramp): the arm's own
@@ -27,12 +29,14 @@ client.max_local_epochs) before comparing arms.
   by validation accuracy, with the rate policy stepped every epoch: on shards of about one batch, with 5 validation
   images, the plateau rate then halved every two or three steps and stopped training early, so that reference was
   itself under-trained; docs/RESULTS.md.)
-Accuracies and the gap (reference - budget) are in percentage points. Each architecture's row gives the mean gap
-over its clients with a 95 % confidence interval (clients as the samples, paired: the same shard both ways), and a
-verdict: "enough" (mean gap at most 2 points), "too small" (mean above 2 and the interval above zero: the budget
-falls short), or "unresolved" (mean above 2 but the interval holds zero: single clients' last-epoch noise, not a
-shortfall shown; add clients with --clients-per-arch). With more than one architecture, a last row does the same
-over all the clients measured: five clients an architecture rarely settle a 3-point gap, twenty may.
+Accuracies and the gaps (reference - budget) are in percentage points. Each architecture's row gives the mean
+validation gap over its clients with a 95 % confidence interval (clients as the samples, paired: the same shard
+both ways), and a verdict: "enough" (mean gap at most 2 points), "too small" (mean above 2 and the interval above
+zero: the budget falls short), or "unresolved" (mean above 2 but the interval holds zero: single clients' last-epoch
+noise, not a shortfall shown; add clients with --clients-per-arch). With more than one architecture, a last row
+does the same over all the clients measured: five clients an architecture rarely settle a 3-point gap, twenty may.
+The test gap's mean and interval follow in their own column. (Outputs with 8 columns a row, from before the
+validation columns of 2026-11-30, judged the test gap; --reference-from and --combine refuse them.)
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import os
 import shlex
 import sys
 import time
+from typing import NamedTuple
 
 from fedkt.aggregation import local_epochs
 from fedkt.config import RunConfig, load_config
@@ -54,16 +59,30 @@ from fedkt.task import load_federation
 GAP_LIMIT = 2.0  # points: above this mean gap, the preset's budget under-trains the architecture
 
 
+class Accuracies(NamedTuple):
+    """One client's accuracies in points: its budget's and its reference's, on its validation and test splits."""
+    budget_val: float
+    budget_test: float
+    reference_val: float
+    reference_test: float
+
+
 def budget_result(cfg: RunConfig, pid: int) -> dict:
-    """Client pid trained exactly as the `local` arm trains it: test loss and accuracy after the last round."""
+    """Client pid trained exactly as the `local` arm trains it: validation and test loss and accuracy after the last
+    round."""
     start = time.perf_counter()
     learner = Learner(cfg, pid)
+    if len(learner.data.y_val) == 0:  # the verdict reads validation accuracy: refuse before training, not after
+        sys.exit(f"client {pid} has no validation image (data.samples_per_client={cfg.data.samples_per_client}, "
+                 f"partition.val_fraction={cfg.partition.val_fraction}): the verdict reads validation accuracy; "
+                 "raise either")
     for r in range(1, cfg.num_rounds + 1):
         learner.fit_round(r, local_epochs(cfg, r))
     epochs = private_epochs(cfg, learner.num_train)
+    val_loss, val_acc = learner.validate()
     test_loss, test_acc = learner.test()
-    return {"epochs": epochs, "test_loss": test_loss, "test_acc": test_acc, "seconds": time.perf_counter() - start,
-            "num_train": learner.num_train}
+    return {"epochs": epochs, "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
+            "seconds": time.perf_counter() - start, "num_train": learner.num_train}
 
 
 def reference_config(cfg: RunConfig, epochs_per_round: int) -> RunConfig:
@@ -73,7 +92,8 @@ def reference_config(cfg: RunConfig, epochs_per_round: int) -> RunConfig:
 
 
 def verdict(gaps: list[float]) -> tuple[float, float, str]:
-    """(mean gap, half-width of its 95 % CI over the clients, verdict) for one architecture's per-client gaps."""
+    """(mean gap, half-width of its 95 % CI over the clients, verdict) for one architecture's per-client
+    validation gaps."""
     mean, half = mean_ci(gaps)
     if mean <= GAP_LIMIT:
         return mean, half, "enough"
@@ -98,8 +118,9 @@ BUDGET_KEYS = ("client.local_epochs", "client.max_local_epochs")  # the keys ref
 
 
 def earlier_references(path: str, args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[int, tuple]:
-    """pid -> (architecture, reference epochs, reference test acc in points) from an earlier output of this script
-    whose references are this run's: the same --data, --epochs-per-round and overrides, the budget's keys aside."""
+    """pid -> (architecture, reference epochs, reference val acc, reference test acc, in points) from an earlier
+    output of this script whose references are this run's: the same --data, --epochs-per-round and overrides, the
+    budget's keys aside."""
     try:
         lines = open(path).read().splitlines()
     except OSError as error:
@@ -114,47 +135,64 @@ def earlier_references(path: str, args: argparse.Namespace, parser: argparse.Arg
     if same_reference(earlier) != same_reference(args):
         parser.error(f"--reference-from {path}: its references were made with other settings; they differ from "
                      f"this run's in more than {' and '.join(BUDGET_KEYS)}: {lines[0]}")
-    return {int(cells[1]): (cells[0], int(cells[4]), float(cells[5])) for cells in client_rows(lines)}
+    return {int(cells[1]): (cells[0], int(cells[5]), float(cells[6]), float(cells[7]))
+            for cells in client_rows(lines, path, "--reference-from", parser)}
 
 
-def client_rows(lines: list[str]) -> list[list[str]]:
-    """The per-client rows of an output of this script, as cells (architecture, pid, ..., gap, seconds)."""
+HEADER = ("| architecture | pid | budget epochs | budget val acc | budget test acc | reference epochs "
+          "| reference val acc | reference test acc | val gap (points) | test gap (points) "
+          "| seconds (budget / reference) |")
+COLUMNS = HEADER.count("|") - 1
+
+
+def client_rows(lines: list[str], path: str, option: str, parser: argparse.ArgumentParser) -> list[list[str]]:
+    """The per-client rows of an output of this script, as cells (architecture, pid, ..., seconds); an output of
+    the time the verdict read test accuracy (8 cells a row, no validation) is refused."""
     rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines]
-    return [cells for cells in rows if len(cells) == 8 and cells[1].isdigit()]
+    rows = [cells for cells in rows if len(cells) >= 2 and cells[1].isdigit()]
+    if any(len(cells) == 8 for cells in rows):
+        parser.error(f"{option} {path}: written before the validation columns (2026-11-30), it holds test accuracy "
+                     "only, and budgets are judged on validation accuracy; measure it again")
+    return [cells for cells in rows if len(cells) == COLUMNS]
 
 
-def summary_lines(pairs_by_arch: dict[str, list[tuple[float, float]]]) -> list[str]:
-    """Each architecture's mean row and verdict, the same over all clients where there are several architectures,
-    and what to do. pairs: (budget acc, reference acc) in points, one a client."""
+def interval_text(mean: float, half: float) -> str:
+    return f"{mean:+.1f} " + ("(one client: no interval)" if math.isnan(half) else
+                              f"[{mean - half:+.1f}, {mean + half:+.1f}]")
+
+
+def summary_lines(accuracies_by_arch: dict[str, list[Accuracies]]) -> list[str]:
+    """Each architecture's mean row and verdict (on the validation gap; the test gap beside it), the same over all
+    clients where there are several architectures, and what to do."""
     lines, verdicts = [], {}
-    groups = dict(pairs_by_arch)
+    groups = dict(accuracies_by_arch)
     if len(groups) > 1:
-        groups["all architectures"] = [pair for pairs in pairs_by_arch.values() for pair in pairs]
-    for name, pairs in groups.items():
-        b = sum(p[0] for p in pairs) / len(pairs)
-        v = sum(p[1] for p in pairs) / len(pairs)
-        mean, half, verdicts[name] = verdict([p[1] - p[0] for p in pairs])
-        interval = "(one client: no interval)" if math.isnan(half) else f"[{mean - half:+.1f}, {mean + half:+.1f}]"
-        lines.append(f"| **{name} (mean of {len(pairs)})** | | | {b:.1f} | | {v:.1f} | {mean:+.1f} {interval} "
-                     f"**{verdicts[name]}** | |")
+        groups["all architectures"] = [acc for group in accuracies_by_arch.values() for acc in group]
+    for name, group in groups.items():
+        means = Accuracies(*(sum(column) / len(group) for column in zip(*group)))
+        mean, half, verdicts[name] = verdict([a.reference_val - a.budget_val for a in group])
+        test_gap = interval_text(*mean_ci([a.reference_test - a.budget_test for a in group]))
+        lines.append(f"| **{name} (mean of {len(group)})** | | | {means.budget_val:.1f} | {means.budget_test:.1f} | "
+                     f"| {means.reference_val:.1f} | {means.reference_test:.1f} | {interval_text(mean, half)} "
+                     f"**{verdicts[name]}** | {test_gap} | |")
     short = [name for name, said in verdicts.items() if said == "too small"]
     unresolved = [name for name, said in verdicts.items() if said == "unresolved"]
     if unresolved:
-        lines.append(f"unresolved (mean gap > {GAP_LIMIT:g} points, but its interval holds zero): "
+        lines.append(f"unresolved (mean validation gap > {GAP_LIMIT:g} points, but its interval holds zero): "
                      f"{', '.join(unresolved)}; measure more clients (--clients-per-arch, other seeds) before "
                      "changing the budget")
     if short:
-        lines.append(f"budget too small (mean gap > {GAP_LIMIT:g} points, interval above zero): {', '.join(short)}; "
-                     "raise the preset's budget before comparing arms")
+        lines.append(f"budget too small (mean validation gap > {GAP_LIMIT:g} points, interval above zero): "
+                     f"{', '.join(short)}; raise the preset's budget before comparing arms")
     elif not unresolved:
-        lines.append(f"budget enough: no mean gap exceeds {GAP_LIMIT:g} points")
+        lines.append(f"budget enough: no mean validation gap exceeds {GAP_LIMIT:g} points")
     return lines
 
 
 def combine(paths: list[str], parser: argparse.ArgumentParser) -> list[str]:
     """The summary over several outputs of this script made with the same budget and reference (their settings
     line, date and load aside); each file's clients count as clients of their own (other seeds: other shards)."""
-    pairs: dict[str, list[tuple[float, float]]] = {}
+    accuracies: dict[str, list[Accuracies]] = {}
     settings = {}
     for path in paths:
         try:
@@ -164,14 +202,14 @@ def combine(paths: list[str], parser: argparse.ArgumentParser) -> list[str]:
         if len(lines) < 2 or not lines[0].startswith("$ python ") or lines[1].count(" | ") != 3:
             parser.error(f"--combine {path}: not an output of this script (its first line is the command)")
         settings[path] = lines[1].split(" | ", 2)[2]  # the budget's settings and the reference's epochs
-        for cells in client_rows(lines):
-            pairs.setdefault(cells[0], []).append((float(cells[3]), float(cells[5])))
+        for cells in client_rows(lines, path, "--combine", parser):
+            accuracies.setdefault(cells[0], []).append(Accuracies(*(float(cells[i]) for i in (3, 4, 6, 7))))
     if len(set(settings.values())) > 1:
         parser.error("--combine: the outputs were made with other budgets or references:\n" +
                      "\n".join(f"  {path}: {text}" for path, text in settings.items()))
-    if not pairs:
+    if not accuracies:
         parser.error("--combine: no client rows in " + ", ".join(paths))
-    return [f"{len(paths)} outputs, {next(iter(settings.values()))}", *summary_lines(pairs)]
+    return [f"{len(paths)} outputs, {next(iter(settings.values()))}", *summary_lines(accuracies)]
 
 
 def config_summary(cfg: RunConfig) -> str:
@@ -219,27 +257,30 @@ def main() -> None:
     print("$ python " + " ".join(sys.argv))
     print(f"{time.strftime('%Y-%m-%d %H:%M')} | {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} | "
           f"{config_summary(cfg)} | reference: {args.epochs_per_round} epochs a round")
-    print("| architecture | pid | budget epochs | budget test acc | reference epochs | reference test acc "
-          "| gap (points) | seconds (budget / reference) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    gaps: dict[str, list[tuple[float, float]]] = {}
+    print(HEADER)
+    print("|---|" + "---:|" * (COLUMNS - 1))
+    accuracies: dict[str, list[Accuracies]] = {}
     for arch, pids in clients_by_architecture(cfg, args.clients_per_arch, only).items():
         for pid in pids:
             budget = budget_result(cfg, pid)
             if pid in reused:
-                name, epochs, acc = reused[pid]
+                name, epochs, val_acc, test_acc = reused[pid]
                 if name != arch or epochs != private_epochs(reference_cfg, budget["num_train"]):
                     sys.exit(f"--reference-from: client {pid} is {name} with {epochs} reference epochs there, "
                              f"{arch} with {private_epochs(reference_cfg, budget['num_train'])} here")
-                reference = {"epochs": epochs, "test_acc": acc / 100, "seconds": math.nan}
+                reference = {"epochs": epochs, "val_acc": val_acc / 100, "test_acc": test_acc / 100,
+                             "seconds": math.nan}
             else:
                 reference = budget_result(reference_cfg, pid)
-            b, v = 100 * budget["test_acc"], 100 * reference["test_acc"]
-            gaps.setdefault(arch, []).append((b, v))
-            print(f"| {arch} | {pid} | {budget['epochs']} | {b:.1f} | {reference['epochs']} | {v:.1f} | {v - b:+.1f} | "
+            acc = Accuracies(100 * budget["val_acc"], 100 * budget["test_acc"], 100 * reference["val_acc"],
+                             100 * reference["test_acc"])
+            accuracies.setdefault(arch, []).append(acc)
+            print(f"| {arch} | {pid} | {budget['epochs']} | {acc.budget_val:.1f} | {acc.budget_test:.1f} | "
+                  f"{reference['epochs']} | {acc.reference_val:.1f} | {acc.reference_test:.1f} | "
+                  f"{acc.reference_val - acc.budget_val:+.1f} | {acc.reference_test - acc.budget_test:+.1f} | "
                   f"{budget['seconds']:.1f} / {'reused' if pid in reused else format(reference['seconds'], '.1f')} |",
                   flush=True)
-    print("\n".join(summary_lines(gaps)))
+    print("\n".join(summary_lines(accuracies)))
 
 
 if __name__ == "__main__":

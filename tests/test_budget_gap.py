@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from fedkt.aggregation import local_epochs
 from fedkt.config import load_config
 from fedkt.learner import Learner, round_seed
@@ -33,15 +35,20 @@ def test_budget_gap_prints_a_row_per_client_and_architecture(tmp_path):
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("$ python ") and "num_rounds 2" in lines[1]
     header = next(line for line in lines if line.startswith("| architecture"))
-    for column in ("pid", "budget epochs", "budget test acc", "reference epochs", "reference test acc", "gap (points)"):
-        assert f" {column}" in header, column
+    for column in ("pid", "budget epochs", "budget val acc", "budget test acc", "reference epochs", "reference val acc",
+                   "reference test acc", "val gap (points)", "test gap (points)"):
+        assert f" {column} |" in header, column
     cfg = load_config(["experiment=smoke"])
     budget_epochs = cfg.client.warmup_epochs + sum(local_epochs(cfg, r) for r in range(1, cfg.num_rounds + 1))
     for arch in ("lenet", "alexnet"):
         rows = [line.split("|")[1:-1] for line in lines if line.startswith(f"| {arch} |")]
         assert len(rows) == 1, (arch, proc.stdout)
         assert int(rows[0][2]) == budget_epochs
-        assert int(rows[0][4]) == cfg.client.warmup_epochs + 3 * cfg.num_rounds  # 3 epochs in every round
+        assert int(rows[0][5]) == cfg.client.warmup_epochs + 3 * cfg.num_rounds  # 3 epochs in every round
+        budget_val, budget_test, _, reference_val, reference_test, val_gap, test_gap = map(float,
+                                                                                           rows[0][3:10])
+        assert val_gap == pytest.approx(reference_val - budget_val, abs=0.11)
+        assert test_gap == pytest.approx(reference_test - budget_test, abs=0.11)
         assert any(line.startswith(f"| **{arch} (mean of 1)** |") for line in lines)
     assert any(line.startswith("| **all architectures (mean of 2)** |") for line in lines)
     assert lines[-1].startswith(("budget enough", "budget too small", "unresolved"))
@@ -56,7 +63,7 @@ def test_budget_gap_prints_a_row_per_client_and_architecture(tmp_path):
     for arch in ("lenet", "alexnet"):
         (old,) = [line.split("|")[1:-1] for line in lines if line.startswith(f"| {arch} |")]
         (new,) = [line.split("|")[1:-1] for line in again.stdout.splitlines() if line.startswith(f"| {arch} |")]
-        assert new[4:6] == old[4:6] and new[7].strip().endswith("/ reused")
+        assert new[5:8] == old[5:8] and new[10].strip().endswith("/ reused")
         assert int(new[2]) == cfg.client.warmup_epochs + sum(  # the ramp 1 -> 3 over the two rounds
             local_epochs(load_config([*SMOKE, "client.max_local_epochs=3"]), r) for r in (1, 2))
     other = subprocess.run([sys.executable, str(SCRIPT), "--data", "unused", "--set", *SMOKE, "client.lr=0.05",
@@ -80,6 +87,7 @@ def test_budget_is_the_local_arm_and_the_reference_the_same_arm_with_more_epochs
         learner.train(local_epochs(cfg, r), round_seed(cfg.seed, 0, r))
         learner.policy.step(learner.validate()[1])
     budget = script.budget_result(cfg, 0)
+    assert (budget["val_loss"], budget["val_acc"]) == learner.validate()
     assert (budget["test_loss"], budget["test_acc"]) == learner.test()
 
     # reference: the same loop with the given epochs in every round, the ramp off, nothing else changed
@@ -127,13 +135,16 @@ def test_architectures_picks_which_to_measure_and_refuses_one_not_in_the_federat
     assert proc.returncode == 2 and "--architectures resnet18: not in this config's federation" in proc.stderr
 
 
-def fake_output(path, arch_gaps, max_local_epochs=3):
-    """An output of the script as it prints one: command, settings line, header, one row per client."""
+def fake_output(path, arch_gaps, max_local_epochs=3, test_gaps=None):
+    """An output of the script as it prints one: command, settings line, header, one row per client (validation
+    gaps as given; test gaps the same unless given)."""
     lines = ["$ python bench/budget_gap.py --data d --set experiment=quick",
              f"2026-11-30 17:50 | 2 cores, load 3.1 | num_rounds 10, max_local_epochs {max_local_epochs}, partition "
              "type2 | reference: 10 epochs a round", "| architecture | pid | ... |", "|---|"]
     for pid, (arch, gap) in enumerate(arch_gaps):
-        lines.append(f"| {arch} | {pid} | 21 | 80.0 | 101 | {80 + gap:.1f} | {gap:+.1f} | 2.0 / 9.0 |")
+        test_gap = gap if test_gaps is None else test_gaps[pid]
+        lines.append(f"| {arch} | {pid} | 21 | 80.0 | 70.0 | 101 | {80 + gap:.1f} | {70 + test_gap:.1f} | "
+                     f"{gap:+.1f} | {test_gap:+.1f} | 2.0 / 9.0 |")
     path.write_text("\n".join(lines + ["budget enough: ..."]) + "\n")
     return str(path)
 
@@ -151,10 +162,35 @@ def test_combine_pools_outputs_and_finds_a_shortfall_no_architecture_shows_alone
     for arch in gaps:
         assert f"| **{arch} (mean of 5)** |" in out and "unresolved" in out.split(f"**{arch} (mean of 5)**")[1].split("\n")[0]
     pooled = next(line for line in out.splitlines() if line.startswith("| **all architectures (mean of 15)** |"))
-    assert "+4.0 [" in pooled and pooled.rstrip(" |").endswith("**too small**")
+    assert pooled.split("|")[9].strip().startswith("+4.0 [") and pooled.split("|")[9].strip().endswith("**too small**")
     assert out.rstrip().splitlines()[-1].startswith("budget too small") and "all architectures" in out.splitlines()[-1]
     other = fake_output(tmp_path / "other.txt", [("lenet", 1.0)], max_local_epochs=10)
     mixed = subprocess.run([sys.executable, str(SCRIPT), "--combine", files[0], other], capture_output=True,
                            text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO / "src")))
     assert mixed.returncode == 2 and "made with other budgets or references" in mixed.stderr
     assert "max_local_epochs 10" in mixed.stderr
+
+
+def test_the_verdict_reads_validation_gaps_and_old_test_only_outputs_are_refused(tmp_path):
+    """A budget short on test but not on validation is enough: no choice is made on test data; the test gap is
+    printed beside it."""
+    val_gaps, test_gaps = [0.5, 1.0, 1.5, 0.0, 1.0], [5.0, 6.0, 4.0, 5.5, 4.5]
+    path = fake_output(tmp_path / "lenet.txt", [("lenet", g) for g in val_gaps], test_gaps=test_gaps)
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--combine", path], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = [line for line in proc.stdout.splitlines() if line.startswith("| **lenet (mean of 5)** |")]
+    cells = [cell.strip() for cell in row.split("|")[1:-1]]
+    assert cells[3:5] == ["80.0", "70.0"] and cells[6:8] == ["80.8", "75.0"]
+    assert cells[8].startswith("+0.8 [") and cells[8].endswith("**enough**")
+    assert cells[9].startswith("+5.0 [") and "enough" not in cells[9]
+    assert proc.stdout.rstrip().endswith("budget enough: no mean validation gap exceeds 2 points")
+
+    old = tmp_path / "old.txt"  # 8 cells a row: the test accuracy only, as printed before the validation columns
+    old.write_text("$ python bench/budget_gap.py --data d --set experiment=quick\n"
+                   "2026-11-30 17:50 | 2 cores, load 3.1 | num_rounds 10 | reference: 10 epochs a round\n"
+                   "| lenet | 0 | 21 | 80.0 | 101 | 85.0 | +5.0 | 2.0 / 9.0 |\n")
+    refused = subprocess.run([sys.executable, str(SCRIPT), "--combine", str(old)], capture_output=True, text=True,
+                             timeout=120, env=env)
+    assert refused.returncode == 2 and "written before the validation columns" in refused.stderr

@@ -211,3 +211,18 @@ def test_a_run_that_reads_validation_accuracy_is_refused_when_a_client_has_none(
             sim.check_validation_splits(load_config([setting]), [3, 0, 2])
         sim.check_validation_splits(load_config([setting]), [3, 1, 2])
     sim.check_validation_splits(load_config(["client.lr_policy=constant"]), [3, 0, 2])  # nothing reads it
+
+
+def test_the_clients_actors_run_at_the_drivers_priority():
+    """Ray's default starts workers 15 nice levels below the driver, so any other work on the machine would take the
+    cores from the clients' training; the simulation's actors keep the driver's priority (RAY_worker_niceness)."""
+    code = ("import os, ray\n"
+            "from fedkt.sim import configure_logging\n"
+            "configure_logging(False)\n"
+            "ray.init(num_cpus=1, logging_level='ERROR', log_to_driver=False)\n"
+            "print(os.nice(0), ray.get(ray.remote(lambda: os.nice(0)).remote()))\n")
+    env = {key: value for key, value in os.environ.items() if key != "RAY_worker_niceness"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    driver, worker = map(int, proc.stdout.split()[-2:])
+    assert worker == driver

@@ -194,3 +194,10 @@ def test_the_verdict_reads_validation_gaps_and_old_test_only_outputs_are_refused
     refused = subprocess.run([sys.executable, str(SCRIPT), "--combine", str(old)], capture_output=True, text=True,
                              timeout=120, env=env)
     assert refused.returncode == 2 and "written before the validation columns" in refused.stderr
+
+
+def test_a_client_without_a_validation_image_is_refused_before_it_is_trained():
+    cfg = load_config(["algorithm=local", *SMOKE, "data.samples_per_client=20"])
+    pid = next(pid for pid in range(cfg.num_clients) if len(Learner(cfg, pid).data.y_val) == 0)
+    with pytest.raises(SystemExit, match=f"client {pid} has no validation image .*the verdict reads validation"):
+        load_script().budget_result(cfg, pid)

@@ -56,8 +56,8 @@ def configure_logging(verbose: bool) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # Ray starts its workers 15 nice levels below their driver (a default for cluster nodes, to keep its own
     # processes responsive): on a shared machine any other work then takes the cores from the clients' training
-    # (measured: 9 % of a core an actor beside two jobs at the driver's priority). The actors run at the driver's own priority
-    # instead (`nice -n 5 python -m fedkt.sim` lowers both); set RAY_worker_niceness to choose otherwise.
+    # (measured: 9 % of a core an actor beside two jobs at the driver's priority). The actors run at the driver's
+    # own priority instead (`nice -n 5 python -m fedkt.sim` lowers both); RAY_worker_niceness, if set, decides.
     os.environ.setdefault("RAY_worker_niceness", "0")
 
 

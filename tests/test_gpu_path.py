@@ -170,9 +170,10 @@ os.cpu_count = lambda: 16
 import ray
 from flwr.simulation.ray_transport.ray_actor import pool_size_from_resources
 from fedkt.config import load_config
-from fedkt.sim import backend_config, cluster_gpus, configure_logging
+from fedkt.sim import backend_config, cluster_gpus, configure_logging, set_ray_environment
 
 configure_logging(False)
+set_ray_environment()
 backends = {dev: backend_config(load_config([f"client.device={dev}"])) for dev in ("auto", "cpu")}
 ray.init(**backends["auto"]["init_args"], include_dashboard=False, _temp_dir=sys.argv[1])
 

@@ -217,8 +217,8 @@ def test_the_clients_actors_run_at_the_drivers_priority():
     """Ray's default starts workers 15 nice levels below the driver, so any other work on the machine would take the
     cores from the clients' training; the simulation's actors keep the driver's priority (RAY_worker_niceness)."""
     code = ("import os, ray\n"
-            "from fedkt.sim import configure_logging\n"
-            "configure_logging(False)\n"
+            "from fedkt.sim import set_ray_environment\n"
+            "set_ray_environment()\n"
             "ray.init(num_cpus=1, logging_level='ERROR', log_to_driver=False)\n"
             "print(os.nice(0), ray.get(ray.remote(lambda: os.nice(0)).remote()))\n")
     env = {key: value for key, value in os.environ.items() if key != "RAY_worker_niceness"}

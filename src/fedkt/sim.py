@@ -48,12 +48,16 @@ def configure_logging(verbose: bool) -> None:
         logging.basicConfig(level=logging.WARNING, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     flwr_logger = logging.getLogger("flwr")
     flwr_logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+
+def set_ray_environment() -> None:
+    """How the Ray this process starts treats its actors; before ray.init."""
     # Ray hides the GPUs (CUDA_VISIBLE_DEVICES="") from actors that asked for none: a client without a GPU
     # share then runs on the CPU even with client.device=auto, instead of landing uncounted on GPU 0. Ray 2.55
     # does so by default and warns that a future version will not; this keeps it and drops the warning.
     os.environ["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] = "1"
     warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # Ray starts its workers 15 nice levels below their driver (a default for cluster nodes, to keep its own
     # processes responsive): on a shared machine any other work then takes the cores from the clients' training
     # (measured: 9 % of a core an actor beside two jobs at the driver's priority). The actors run at the driver's
@@ -98,6 +102,7 @@ def run(cfg: dict | RunConfig, run_dir: str | Path) -> dict:
     federation; returns the summary (also summary.json)."""
     cfg = build_config(cfg)
     configure_logging(cfg.logging.verbose)
+    set_ray_environment()
     check_ray_resources(cfg, node_gpus(cfg.ray.address))
     check_server_device(cfg, torch.cuda.is_available())
     if synthetic_data_note(cfg):
@@ -140,6 +145,7 @@ def resume(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     configure_logging(cfg.logging.verbose)
+    set_ray_environment()
     check_ray_resources(cfg, node_gpus(cfg.ray.address))
     check_server_device(cfg, torch.cuda.is_available())
     if cfg.client.state_store != "disk":

@@ -19,7 +19,9 @@ It checks (and stops with a message at the first failure) that parameters, buffe
 step are on the device; that predictions are finite probabilities of shape (align_size, classes); that client
 state written on the device loads on a CPU and predicts the same there. It prints seconds per round, peak
 memory per architecture, one client's difference CPU against GPU and GPU against itself (same seed), and the
-coefficient update's time on CPU and on the device. --out FILE writes all of it as JSON.
+coefficient update's time on CPU and on the device with the run's settings for c (every step taken) at N = 20,
+100 and 1,000 clients and 500 and 5,000 samples. --compare-workers 8 16 then repeats the rounds with other
+worker counts (GPU shares of 1/8, 1/16). --out FILE writes all of it as JSON.
 """
 
 from __future__ import annotations
@@ -38,9 +40,9 @@ import numpy as np
 import torch
 import yaml
 
-from fedkt.aggregation import KnowledgeServer, local_epochs
+from fedkt.aggregation import KnowledgeServer, local_epochs, make_coefficients
 from fedkt.config import RunConfig, build_config
-from fedkt.core import KnowledgeCoefficients, alignment_indices, alignment_seed, check_predictions, soft_predictions
+from fedkt.core import alignment_indices, alignment_seed, check_predictions, soft_predictions
 from fedkt.learner import Learner
 from fedkt.models import build_model
 from fedkt.task import client_data, load_federation, public_data
@@ -229,17 +231,24 @@ def shard_placement_timing(cfg: RunConfig, pid: int, device: str) -> dict:
     return out
 
 
-def coefficient_timing(device: str, num_clients: int, align_size: int, steps: int, classes: int = 10) -> dict:
-    """Seconds of one KT-pFL update of c (`steps` KL steps) on random predictions, on the CPU (all cores, as
-    the server has them) and on `device`."""
+def coefficient_timing(cfg: RunConfig, device: str, num_clients: int, align_size: int) -> dict:
+    """Seconds of one KT-pFL update of c with the run's settings for c (the server's own
+    `make_coefficients`), `num_clients` clients and `align_size` samples of random predictions, on the CPU
+    (all cores, as the server has them) and on `device`. The stopping rule is off (coef_tol=0): every step is
+    taken, the worst case of a round."""
     set_threads(None)
-    probs = torch.softmax(torch.randn(num_clients, align_size, classes, generator=torch.Generator().manual_seed(0)), 2)
-    out = {}
+    algo = dataclasses.replace(cfg.algorithm, align_size=align_size, coef_tol=0.0)
+    probs = torch.softmax(torch.randn(num_clients, align_size, cfg.data.num_classes,
+                                      generator=torch.Generator().manual_seed(0)), 2).numpy()
+    out = {"steps": algo.coef_steps}
     for where in dict.fromkeys(["cpu", device]):
-        coefficients = KnowledgeCoefficients(num_clients, steps=steps, normalize="simplex", device=where)
-        coefficients.update(probs.numpy())  # warm-up (kernels, allocator)
+        sized = dataclasses.replace(cfg, num_clients=num_clients,
+                                    algorithm=dataclasses.replace(algo, coef_device=where))
+        make_coefficients(dataclasses.replace(sized, algorithm=dataclasses.replace(sized.algorithm, coef_steps=1))
+                          ).update(probs)  # warm-up (kernels, allocator)
+        coefficients = make_coefficients(sized)
         start = time.perf_counter()
-        coefficients.update(probs.numpy())
+        coefficients.update(probs)
         out[where] = time.perf_counter() - start
     return out
 
@@ -253,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=0, help="default: the paper's 20 (4 with --dry)")
     parser.add_argument("--workers", type=int, default=0,
                         help="client processes, each a GPU share of 1/workers (default 4; 2 with --dry)")
+    parser.add_argument("--compare-workers", type=int, nargs="*", default=[],
+                        help="then the same rounds again with each of these worker counts (seconds per round only)")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args(argv)
     if not args.dry and args.data is None:
@@ -297,16 +308,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"one epoch of client {resnet} ({cfg.architectures[resnet]}) with its shard on the cpu (batches "
           f"copied one at a time) {report['shard_epoch_seconds']['cpu']:.2f} s, moved to {args.device} once "
           f"{report['shard_epoch_seconds']['device']:.2f} s")
-    sizes = [(cfg.num_clients, cfg.algorithm.align_size, cfg.algorithm.coef_steps)]
-    sizes += [] if args.dry else [(1000, 5000, 1)]
-    report["coefficient_update_seconds"] = {f"N={n},M={m},steps={k}": coefficient_timing(args.device, n, m, k)
-                                            for n, m, k in sizes}
+    sizes = [(cfg.num_clients, cfg.algorithm.align_size)]
+    sizes += [] if args.dry else [(n, m) for n in (20, 100, 1000) for m in (500, 5000)]
+    report["coefficient_update_seconds"] = {f"N={n},M={m}": coefficient_timing(cfg, args.device, n, m)
+                                            for n, m in dict.fromkeys(sizes)}
     for key, seconds in report["coefficient_update_seconds"].items():
-        print(f"coefficient update (KL) {key}: " + ", ".join(f"{d} {s:.3f} s" for d, s in seconds.items()))
+        print(f"coefficient update ({cfg.algorithm.objective}, {seconds['steps']} steps) {key}: "
+              + ", ".join(f"{d} {s:.3f} s" for d, s in seconds.items() if d != "steps"), flush=True)
     later = [h["seconds"] for h in report["rounds"][1:]] or [report["rounds"][0]["seconds"]]
     print(f"SECONDS PER ROUND ({cfg.num_clients} clients, align {cfg.algorithm.align_size}, "
           f"{args.workers} workers on {name}): round 1 {report['rounds'][0]['seconds']:.1f}, "
           f"later {np.median(later):.1f}")
+    report["compare_workers"] = {}
+    for workers in args.compare_workers:  # the same work with another GPU share per worker (1/workers)
+        rounds, _ = run_rounds(dataclasses.replace(cfg, run_dir=str(args.work / f"run_w{workers}")), workers)
+        report["compare_workers"][workers] = rounds
+        print(f"SECONDS PER ROUND with {workers} workers: round 1 {rounds[0]['seconds']:.1f}, later "
+              f"{np.median([h['seconds'] for h in rounds[1:]] or [rounds[0]['seconds']]):.1f}", flush=True)
     if args.out:
         report["cfg"] = cfg.to_dict()
         args.out.write_text(json.dumps(report, indent=1, default=str))

@@ -271,7 +271,8 @@ def test_gpus_per_client_is_a_question_about_the_clients_node():
 def test_gpu_check_dry_runs_the_whole_check_on_cpu(tmp_path):
     out = tmp_path / "check.json"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_check.py"), "--dry", "--out", str(out)],
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_check.py"), "--dry", "--compare-workers", "1",
+                           "--out", str(out)],
                           capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "DRY CHECK PASSED" in proc.stdout and "SECONDS PER ROUND" in proc.stdout
@@ -280,7 +281,9 @@ def test_gpu_check_dry_runs_the_whole_check_on_cpu(tmp_path):
     assert set(report["state_on_cpu"]) == set(ARCHITECTURES)  # every architecture's state reloaded on the CPU
     assert all(v["max_abs_prob_diff"] < 1e-6 for v in report["state_on_cpu"].values())  # CPU -> CPU: same kernels
     assert report["one_client"]["repeat_max_abs_prob_diff"] == 0.0  # same seed, same figures on the CPU
-    assert set(report["coefficient_update_seconds"]["N=4,M=32,steps=20"]) == {"cpu"}
+    assert set(report["coefficient_update_seconds"]["N=4,M=32"]) == {"cpu", "steps"}  # the run's settings for c
+    assert report["coefficient_update_seconds"]["N=4,M=32"]["steps"] == 20
+    assert [r["round"] for r in report["compare_workers"]["1"]] == [1, 2]  # the same rounds with one worker
 
 
 def test_gpu_check_needs_no_flower_ray_or_hydra():

@@ -127,13 +127,14 @@ def client_round(job: tuple) -> dict:
     uploads, metrics = learner.fit_round(rnd, local_epochs(cfg, rnd), target=target, target_seed=target_seed,
                                          next_seed=next_seed)
     hook.remove()
+    test_acc = learner.test()[1]  # the client's own test split, as the strategy's evaluate round reads it
     state_file.parent.mkdir(parents=True, exist_ok=True)
     state_file.write_bytes(learner.state_bytes())
     placed = {t.device.type for t in [*learner.model.parameters(), *learner.model.buffers()]}
     placed |= {v.device.type for s in learner.optimizer.state.values() for v in s.values() if torch.is_tensor(v)}
     probs = np.asarray(soft_predictions(uploads[0].astype(np.float32), cfg.algorithm.temperature))
     return {"pid": pid, "arch": learner.architecture, "upload": uploads[0], "probs": probs,
-            "train_loss": metrics["train_loss"], "val_acc": metrics["val_acc"],
+            "train_loss": metrics["train_loss"], "val_acc": metrics["val_acc"], "test_acc": test_acc,
             "seconds": time.perf_counter() - start, "placed": sorted(placed), "inputs": sorted(seen),
             "peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0,
             "peak_reserved_bytes": torch.cuda.max_memory_reserved(device) if device.type == "cuda" else 0,
@@ -169,10 +170,13 @@ def run_rounds(cfg: RunConfig, workers: int) -> tuple[list[dict], list[dict]]:
             history.append({"round": rnd, "seconds": time.perf_counter() - start,
                             "server_seconds": time.perf_counter() - server_start,
                             "client_seconds_sum": sum(r["seconds"] for r in results),
-                            "mean_val_acc": float(np.mean([r["val_acc"] for r in results]))})
+                            "mean_val_acc": float(np.mean([r["val_acc"] for r in results])),
+                            "mean_test_acc": float(np.mean([r["test_acc"] for r in results])),
+                            "test_acc": {r["pid"]: r["test_acc"] for r in results}})
             print(f"round {rnd}: {history[-1]['seconds']:.1f} s ({history[-1]['client_seconds_sum']:.1f} client-s "
                   f"over {workers} workers, server {history[-1]['server_seconds']:.2f} s), "
-                  f"mean val acc {history[-1]['mean_val_acc']:.3f}", flush=True)
+                  f"mean val acc {history[-1]['mean_val_acc']:.3f}, mean test acc {history[-1]['mean_test_acc']:.4f}",
+                  flush=True)
             last = results
     return history, last
 

@@ -278,6 +278,7 @@ def test_gpu_check_dry_runs_the_whole_check_on_cpu(tmp_path):
     assert "DRY CHECK PASSED" in proc.stdout and "SECONDS PER ROUND" in proc.stdout
     report = json.loads(out.read_text())
     assert [r["round"] for r in report["rounds"]] == [1, 2]
+    assert all(0 <= r["mean_test_acc"] <= 1 and len(r["test_acc"]) == 4 for r in report["rounds"])
     assert set(report["state_on_cpu"]) == set(ARCHITECTURES)  # every architecture's state reloaded on the CPU
     assert all(v["max_abs_prob_diff"] < 1e-6 for v in report["state_on_cpu"].values())  # CPU -> CPU: same kernels
     assert report["one_client"]["repeat_max_abs_prob_diff"] == 0.0  # same seed, same figures on the CPU

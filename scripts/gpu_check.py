@@ -77,10 +77,10 @@ def _yaml(path: Path) -> dict:
 
 
 def check_config(args) -> RunConfig:
-    """conf/config.yaml + algorithm=ktpfl + experiment=paper_type1, as `python -m fedkt.sim` composes them,
+    """conf/config.yaml + algorithm=--algorithm + experiment=paper_type1, as `python -m fedkt.sim` composes them,
     then the check's own settings (--dry: tiny synthetic data on the CPU)."""
     cfg = _yaml(CONF / "config.yaml")
-    _merge(cfg, {"algorithm": _yaml(CONF / "algorithm" / "ktpfl.yaml"),
+    _merge(cfg, {"algorithm": _yaml(CONF / "algorithm" / f"{args.algorithm}.yaml"),
                  "partition": _yaml(CONF / "partition" / "type1.yaml")})
     _merge(cfg, _yaml(CONF / "experiment" / "paper_type1.yaml"))
     own = {"num_rounds": args.rounds, "client": {"device": args.device, "num_cpus": 1},
@@ -126,6 +126,8 @@ def client_round(job: tuple) -> dict:
     hook = learner.model.register_forward_pre_hook(lambda module, inputs: seen.add(str(inputs[0].device)))
     uploads, metrics = learner.fit_round(rnd, local_epochs(cfg, rnd), target=target, target_seed=target_seed,
                                          next_seed=next_seed)
+    if next_seed < 0:  # training alone uploads nothing: predict anyway, so that every check has predictions
+        uploads = [learner.predict(alignment_seed(cfg.seed, rnd))]
     hook.remove()
     test_acc = learner.test()[1]  # the client's own test split, as the strategy's evaluate round reads it
     state_file.parent.mkdir(parents=True, exist_ok=True)
@@ -166,7 +168,8 @@ def run_rounds(cfg: RunConfig, workers: int) -> tuple[list[dict], list[dict]]:
                 check(r["inputs"] and all(d.split(":")[0] == r["device"].split(":")[0] for d in r["inputs"]),
                       f"client {r['pid']} ({r['arch']}): forward passes got inputs on {r['inputs']}")
             server_start = time.perf_counter()
-            server.update(rnd, {r["pid"]: r["upload"].astype(np.float32) for r in results})
+            if server.collaborates:
+                server.update(rnd, {r["pid"]: r["upload"].astype(np.float32) for r in results})
             history.append({"round": rnd, "seconds": time.perf_counter() - start,
                             "server_seconds": time.perf_counter() - server_start,
                             "client_seconds_sum": sum(r["seconds"] for r in results),
@@ -210,7 +213,7 @@ def one_client_twice(cfg: RunConfig, pid: int, device: str) -> dict:
     cfg = dataclasses.replace(cfg, client=dataclasses.replace(cfg.client, device=device),
                               run_dir=tempfile.mkdtemp(prefix="fedkt-gpu-check-one-"))
     _init_worker(cfg)
-    return client_round((pid, 1, None, -1, KnowledgeServer(cfg, 10).next_seed(1)))
+    return client_round((pid, 1, None, -1, alignment_seed(cfg.seed, 1)))
 
 
 def shard_placement_timing(cfg: RunConfig, pid: int, device: str) -> dict:
@@ -263,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry", action="store_true", help="CPU, 4 clients of tiny synthetic data (the test suite)")
     parser.add_argument("--device", default=None, help="default: cuda (cpu with --dry)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--algorithm", default="ktpfl", choices=["ktpfl", "fedmd", "local"],
+                        help="local: clients also predict on the round's subset, for the checks (not uploaded)")
     parser.add_argument("--clients", type=int, default=0, help="default: the paper's 20 (4 with --dry)")
     parser.add_argument("--workers", type=int, default=0,
                         help="client processes, each a GPU share of 1/workers (default 4; 2 with --dry)")

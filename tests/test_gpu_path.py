@@ -296,22 +296,28 @@ def test_gpu_check_needs_no_flower_ray_or_hydra():
     assert proc.returncode == 0, proc.stderr[-3000:]  # run_path without __main__: imports only
 
 
-def test_gpu_check_client_round_is_the_knowledge_clients_fit(tmp_path, monkeypatch):
+@pytest.fixture
+def gpu_check(tmp_path, monkeypatch):
+    """scripts/gpu_check.py as a module, its data cache in tmp_path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setenv("FEDKT_CACHE", str(tmp_path / "cache"))
+    return module
+
+
+def test_gpu_check_client_round_is_the_knowledge_clients_fit(tmp_path, gpu_check):
     """The check runs the client's round without Flower; on the CPU it must upload exactly what the real
     KnowledgeClient uploads for the same config, round, target and seeds (rounds 1 and 2), so that the check
     cannot drift from the client it stands for."""
-    import importlib.util
-
     from flwr.app import RecordDict
     from flwr.common import Context
 
     from fedkt.client_app import KnowledgeClient
     from fedkt.core import soft_predictions
 
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
-    monkeypatch.setenv("FEDKT_CACHE", str(tmp_path / "cache"))
     cfg = load_config(["experiment=smoke", "model.architectures=[lenet,alexnet]", "client.device=cpu"])
     pid, seeds = 2, (11, 22)  # clients 0, 1: lenet; 2, 3: alexnet
     client = KnowledgeClient(cfg.replace(run_dir=str(tmp_path / "client")),
@@ -327,3 +333,19 @@ def test_gpu_check_client_round_is_the_knowledge_clients_fit(tmp_path, monkeypat
         assert mine["arch"] == "alexnet" and mine["placed"] == ["cpu"] and mine["inputs"] == ["cpu"]
         np.testing.assert_array_equal(mine["probs"], soft_predictions(logits, cfg.algorithm.temperature))
         target, target_seed = np.roll(mine["probs"], 1, axis=1), next_seed  # a target unlike its own
+
+
+def test_gpu_check_training_alone_predicts_for_its_checks(tmp_path, gpu_check):
+    """--algorithm local: the client uploads nothing (next seed -1), so the check predicts on the round's subset
+    itself, from the state the round saved, for the upload and state checks."""
+    from fedkt.core import alignment_seed, soft_predictions
+    from fedkt.learner import Learner
+
+    cfg = load_config(["experiment=smoke", "algorithm=local", "client.device=cpu"]).replace(
+        run_dir=str(tmp_path / "check"))
+    gpu_check._init_worker(cfg)
+    result = gpu_check.client_round((1, 1, None, -1, -1))
+    assert result["probs"].shape == (cfg.algorithm.align_size, 10)
+    saved = (tmp_path / "check" / "client_0001.pt").read_bytes()
+    again = Learner(cfg, 1, saved).predict(alignment_seed(cfg.seed, 1))
+    np.testing.assert_allclose(result["probs"], soft_predictions(again, cfg.algorithm.temperature), atol=1e-6)

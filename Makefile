@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml constraints.txt
 	grep -q FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION $(BIN)/activate || printf '%s\n' \
 	  '# fedkt: Flower must not install the app'"'"'s dependencies per run (`flwr run` on the local simulation)' \
 	  'export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1' >> $(BIN)/activate
+	grep -q RAY_worker_niceness $(BIN)/activate || printf '%s\n' \
+	  '# fedkt: the clients'"'"' Ray actors at the priority of the run that starts them (Ray'"'"'s default: 15 below)' \
+	  'export RAY_worker_niceness=0' >> $(BIN)/activate
 	touch $(STAMP)
 
 run: $(STAMP)

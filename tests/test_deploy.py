@@ -20,7 +20,7 @@ from fedkt.app_config import cfg_from_run_config, check_data_root, check_federat
 from fedkt.config import ConfigError, build_config, flatten, synthetic_data_note, unflatten
 from fedkt.deploy import (APP_CONFIG_MARKER, PRESETS, app_config_table, main, run_config_overrides, write_app_config,
                           write_presets)
-from fedkt.server_app import warn_runtime_install
+from fedkt.server_app import warn_low_priority_clients, warn_runtime_install
 
 TINY = {  # three LeNet clients on generated data, two rounds: what a deployment test can afford
     "num_clients": 3, "num_rounds": 2, "model.architectures": "lenet", "data.public_size": 200,
@@ -325,3 +325,18 @@ def test_a_per_run_dependency_install_is_reported_with_the_fix(monkeypatch, capl
         warn_runtime_install()
     assert "installed this app's dependencies for this run" in caplog.text
     assert "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1" in caplog.text
+
+
+def test_low_priority_clients_under_flwr_run_are_reported_with_the_fix(monkeypatch, caplog):
+    """Under `flwr run` Flower's simulation starts Ray with the SuperLink's environment: without
+    RAY_worker_niceness there, Ray's default puts the clients 15 nice levels down; the run says so and how."""
+    import logging
+
+    monkeypatch.setenv("RAY_worker_niceness", "0")
+    with caplog.at_level(logging.WARNING, logger="fedkt"):
+        warn_low_priority_clients()
+    assert caplog.text == ""
+    monkeypatch.delenv("RAY_worker_niceness")
+    with caplog.at_level(logging.WARNING, logger="fedkt"):
+        warn_low_priority_clients()
+    assert "15 nice levels below" in caplog.text and "export RAY_worker_niceness=0" in caplog.text

@@ -22,9 +22,10 @@ def test_flwr_run_local_simulation_smoke_preset(tmp_path):
     port = free_port()
     (home / "config.toml").write_text(f'[superlink]\ndefault = "local-sim"\n\n[superlink.local-sim]\n'
                                       f'address = "127.0.0.1:{port}"\ninsecure = true\n')
-    # what `. .venv/bin/activate` exports (Makefile): Flower installs nothing per run
+    # what `. .venv/bin/activate` exports (Makefile): Flower installs nothing per run; the clients' actors at
+    # the run's priority
     env = {"FLWR_HOME": str(home), "FEDKT_CACHE": str(tmp_path / "cache"),
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "RAY_worker_niceness": "0"}
     procs = Processes(work, env=env)  # the SuperLink runs in `work`: relative paths are taken from there
     with running(procs):
         link = procs.start("superlink", [BIN / "flower-superlink", "--insecure", "--simulation", "--isolation",
@@ -52,6 +53,7 @@ def test_flwr_run_local_simulation_smoke_preset(tmp_path):
         for name in ("accuracy.png", "clients.png", "coefficients.npy"):
             assert (run / name).exists(), name
         assert "round 2/2 | mean test acc" in output
+        assert "nice levels below" not in output  # RAY_worker_niceness reached the simulation's process
         assert not (home / "runtime-envs").exists() and "Installing application dependencies" not in output
 
         # Flower's default: 2 simulated SuperNodes for 4 clients. One line says the fix; nothing starts.

@@ -98,6 +98,8 @@ def run_server(grid, context: Context) -> dict:
         log.error("fedkt: the run FAILED before it started (`flwr run` exits 0 all the same)")
         raise
     warn_runtime_install()
+    if isinstance(grid, InMemoryGrid):
+        warn_low_priority_clients()
     log.info("paths: data.root=%s, output_dir=%s (relative ones are taken from %s)", cfg.data.root,
              cfg.output_dir, Path.cwd())
     run_dir = make_run_dir(cfg, context.run_id)
@@ -123,6 +125,18 @@ def warn_runtime_install() -> None:
                     "start the SuperLink with --disable-runtime-dependency-installation, or for the local "
                     "simulation stop it and run `export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1` before "
                     "the next `flwr run` (docs/deploy.md)", env)
+
+
+def warn_low_priority_clients() -> None:
+    """On Flower's simulation Ray starts the clients' actors RAY_worker_niceness nice levels below the process
+    that started it (Ray's default: 15), so any other work on the machine takes the cores from the clients
+    (docs/RESULTS.md, the clients' priority). `python -m fedkt.sim` sets it to 0; under `flwr run` it comes from
+    the environment the local SuperLink was started in: say so when it is not set there."""
+    if "RAY_worker_niceness" not in os.environ:
+        log.warning("the clients' Ray actors run 15 nice levels below this run (Ray's default), so any other "
+                    "work on this machine takes the cores from them: stop the local SuperLink "
+                    "(`flower-superlink`) and run `export RAY_worker_niceness=0` before the next `flwr run` "
+                    "(`. .venv/bin/activate` exports it)")
 
 
 def configure_logging(verbose: bool) -> None:

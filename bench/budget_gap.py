@@ -51,7 +51,7 @@ import time
 from typing import NamedTuple
 
 from fedkt.aggregation import local_epochs
-from fedkt.config import RunConfig, load_config
+from fedkt.config import ConfigError, RunConfig, flatten, load_config
 from fedkt.learner import Learner, private_epochs
 from fedkt.report import mean_ci
 from fedkt.task import load_federation
@@ -117,10 +117,15 @@ def clients_by_architecture(cfg: RunConfig, per_arch: int, only: list[str] | Non
 BUDGET_KEYS = ("client.local_epochs", "client.max_local_epochs")  # the keys reference_config replaces
 
 
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """The local arm's config of a command line of this script."""
+    return load_config([f"data.root={args.data}", "algorithm=local", *args.set])
+
+
 def earlier_references(path: str, args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[int, tuple]:
     """pid -> (architecture, reference epochs, reference val acc, reference test acc, in points) from an earlier
-    output of this script whose references are this run's: the same --data, --epochs-per-round and overrides, the
-    budget's keys aside."""
+    output of this script whose references are this run's: the same settings once resolved (--data,
+    --epochs-per-round, the overrides and their defaults), the budget's keys aside."""
     try:
         lines = open(path).read().splitlines()
     except OSError as error:
@@ -128,13 +133,17 @@ def earlier_references(path: str, args: argparse.Namespace, parser: argparse.Arg
     if not lines or not lines[0].startswith("$ python "):
         parser.error(f"--reference-from {path}: not an output of this script (its first line is the command)")
     earlier = parser.parse_args(shlex.split(lines[0])[3:])
-
-    def same_reference(a: argparse.Namespace) -> tuple:
-        return a.data, a.epochs_per_round, sorted(o for o in a.set if o.split("=", 1)[0] not in BUDGET_KEYS)
-
-    if same_reference(earlier) != same_reference(args):
-        parser.error(f"--reference-from {path}: its references were made with other settings; they differ from "
-                     f"this run's in more than {' and '.join(BUDGET_KEYS)}: {lines[0]}")
+    # the resolved reference configs, not the override text: seed=0 spelled out is the default seed
+    try:
+        theirs = flatten(reference_config(run_config(earlier), earlier.epochs_per_round).to_dict())
+    except ConfigError as error:
+        parser.error(f"--reference-from {path}: its settings are not valid here ({error}): {lines[0]}")
+    ours = flatten(reference_config(run_config(args), args.epochs_per_round).to_dict())
+    differ = sorted(key for key in ours if theirs.get(key) != ours[key])
+    if differ:
+        shown = ", ".join(f"{key}={theirs.get(key)} there, {ours[key]} here" for key in differ[:4])
+        parser.error(f"--reference-from {path}: its references were made with other settings ({shown}); only "
+                     f"{' and '.join(BUDGET_KEYS)} may differ: {lines[0]}")
     return {int(cells[1]): (cells[0], int(cells[5]), float(cells[6]), float(cells[7]))
             for cells in client_rows(lines, path, "--reference-from", parser)}
 
@@ -243,7 +252,7 @@ def main() -> None:
         parser.error("--data is required (but with --combine)")
     if args.epochs_per_round < 1 or args.clients_per_arch < 1:
         parser.error("--epochs-per-round and --clients-per-arch must be at least 1")
-    cfg = load_config([f"data.root={args.data}", "algorithm=local", *args.set])
+    cfg = run_config(args)
     only = [name for name in args.architectures.split(",") if name]
     absent = sorted(set(only) - set(cfg.architectures))
     if absent:

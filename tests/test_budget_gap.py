@@ -56,8 +56,9 @@ def test_budget_gap_prints_a_row_per_client_and_architecture(tmp_path):
     # another budget against those references: they are reused, not measured again; other settings are refused
     earlier = tmp_path / "earlier.txt"
     earlier.write_text(proc.stdout)
+    # (seed=0 spelled out is the default the earlier output ran with: the same settings)
     again = subprocess.run([sys.executable, str(SCRIPT), "--data", "unused", "--set", *SMOKE, "client.max_local_epochs=3",
-                            "--clients-per-arch", "1", "--epochs-per-round", "3", "--reference-from", str(earlier)],
+                            "seed=0", "--clients-per-arch", "1", "--epochs-per-round", "3", "--reference-from", str(earlier)],
                            capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     for arch in ("lenet", "alexnet"):
@@ -70,6 +71,7 @@ def test_budget_gap_prints_a_row_per_client_and_architecture(tmp_path):
                             "--epochs-per-round", "3", "--reference-from", str(earlier)],
                            capture_output=True, text=True, timeout=120, env=env)
     assert other.returncode == 2 and "its references were made with other settings" in other.stderr
+    assert "client.lr=0.02 there, 0.05 here" in other.stderr
     missing = subprocess.run([sys.executable, str(SCRIPT), "--data", "unused", "--set", *SMOKE, "--reference-from",
                               str(tmp_path / "absent.txt")], capture_output=True, text=True, timeout=120, env=env)
     assert missing.returncode == 2 and "absent.txt: No such file or directory" in missing.stderr

@@ -122,10 +122,11 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     return load_config([f"data.root={args.data}", "algorithm=local", *args.set])
 
 
-def earlier_references(path: str, args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[int, tuple]:
+def earlier_references(path: str, args: argparse.Namespace, reference_cfg: RunConfig,
+                       parser: argparse.ArgumentParser) -> dict[int, tuple]:
     """pid -> (architecture, reference epochs, reference val acc, reference test acc, in points) from an earlier
-    output of this script whose references are this run's: the same settings once resolved (--data,
-    --epochs-per-round, the overrides and their defaults), the budget's keys aside."""
+    output of this script whose references are this run's (`reference_cfg`): the same settings once resolved
+    (--data, --epochs-per-round, the overrides and their defaults), the budget's keys aside."""
     try:
         lines = open(path).read().splitlines()
     except OSError as error:
@@ -138,7 +139,7 @@ def earlier_references(path: str, args: argparse.Namespace, parser: argparse.Arg
         theirs = flatten(reference_config(run_config(earlier), earlier.epochs_per_round).to_dict())
     except ConfigError as error:
         parser.error(f"--reference-from {path}: its settings are not valid here ({error}): {lines[0]}")
-    ours = flatten(reference_config(run_config(args), args.epochs_per_round).to_dict())
+    ours = flatten(reference_cfg.to_dict())
     differ = sorted(key for key in ours if theirs.get(key) != ours[key])
     if differ:
         shown = ", ".join(f"{key}={theirs.get(key)} there, {ours[key]} here" for key in differ[:4])
@@ -259,7 +260,7 @@ def main() -> None:
         parser.error(f"--architectures {','.join(absent)}: not in this config's federation "
                      f"({', '.join(sorted(set(cfg.architectures)))})")
     reference_cfg = reference_config(cfg, args.epochs_per_round)
-    reused = earlier_references(args.reference_from, args, parser) if args.reference_from else {}
+    reused = earlier_references(args.reference_from, args, reference_cfg, parser) if args.reference_from else {}
     load_federation(cfg)  # decode or read the cache once, outside the timings
     Learner(cfg, 0).validate()  # and a process's one-time costs (first model, thread pools)
 

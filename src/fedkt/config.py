@@ -100,6 +100,7 @@ class ClientConfig:
     augment: bool = field()
     warmup_epochs: int = _non_negative()
     warmup_public_epochs: int = _non_negative()
+    warmup_cache: bool = field()  # reuse a client's public pre-training across runs that compute the same one
     state_store: str = _one_of("disk", "context")
     distill_guard: str = _one_of("none", "val")
     device: str = field()        # auto | cpu | cuda | cuda:N (checked in _check_rules)

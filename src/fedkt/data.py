@@ -467,7 +467,8 @@ def _to_image_data(arrays: dict, mean=None, std=None) -> ImageData:
                      classes=list(arrays["classes"]), mean=tuple(mean), std=tuple(std))
 
 
-def _cache_root(cache_dir) -> Path:
+def cache_root(cache_dir) -> Path:
+    """Where fedkt caches what it computed once: `cache_dir`, else $FEDKT_CACHE, else ~/.cache/fedkt."""
     if cache_dir is None or str(cache_dir) == "":
         cache_dir = os.environ.get("FEDKT_CACHE") or Path.home() / ".cache" / "fedkt"
     return Path(cache_dir).expanduser()
@@ -490,7 +491,7 @@ def _fingerprint(source: Path) -> dict:
 def _cache_entry(source: Path, params: dict, cache_dir):
     key = {"version": CACHE_VERSION, **_fingerprint(source), **params}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return _cache_root(cache_dir) / f"{params['loader']}-{digest}", key
+    return cache_root(cache_dir) / f"{params['loader']}-{digest}", key
 
 
 def _cache_get(source: Path, params: dict, cache_dir):

@@ -19,17 +19,37 @@ where the last one stopped (ClientApps are short-lived).
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+from pathlib import Path
+
 import numpy as np
 import torch
 
+from fedkt import models, train
 from fedkt.aggregation import local_epochs
-from fedkt.config import ConfigError, RunConfig
+from fedkt.config import ConfigError, RunConfig, flatten
 from fedkt.core import alignment_indices, shift_targets, soft_predictions
+from fedkt.data import cache_root
+from fedkt.files import write_atomic
 from fedkt.models import build_model, load_model_arrays, model_arrays, to_channels_last
 from fedkt.task import client_data, load_federation, public_data
 from fedkt.train import (LRPolicy, distill, make_optimizer, pick_device, predict_logits, set_threads,
-                         read_state, state_to_bytes, steps_per_epoch, train_epochs)
+                         read_state, state_from_bytes, state_to_bytes, steps_per_epoch, train_epochs)
 from fedkt.train import evaluate as evaluate_model
+
+
+log = logging.getLogger("fedkt")
+
+# Settings that cannot change a client's labelled public pre-training (they act after it, or not on numbers): the
+# warm-up cache's key leaves them out, so that the arms of a sweep, and sweeps over the private budget, share one.
+WARMUP_KEY_IGNORES = ("algorithm.", "num_rounds", "round_timeout", "min_fit_fraction", "resume", "output_dir",
+                      "run_dir", "faults.", "logging.", "ray.", "data.cache_dir", "data.download", "client.local_epochs",
+                      "client.max_local_epochs", "client.min_steps", "client.warmup_epochs", "client.state_store",
+                      "client.distill_guard", "client.eval_batch_size", "client.num_gpus", "client.warmup_cache")
+# The code a pre-training runs through: editing it makes the cached ones stale, so its text is in the key too.
+WARMUP_CODE = (Path(__file__), Path(models.__file__), Path(train.__file__))
 
 
 def round_seed(seed: int, partition_id: int, server_round: int) -> int:
@@ -160,7 +180,9 @@ class Learner:
             load_model_arrays(self.model, global_arrays)
             self.optimizer.state.clear()
         if self.rounds_done == 0:
-            self.warm_up(seed)
+            cached = self.warm_up(seed)
+            if cached is not None:  # client.warmup_cache: whether this client's pre-training came from the cache
+                metrics["pretrain_cached"] = int(cached)
         if target is not None:
             metrics.update(self.distil(target, target_seed, seed))
         train = self.train(round_epochs(self.cfg, epochs, self.num_train), seed)
@@ -178,15 +200,52 @@ class Learner:
 
     # -- the steps --------------------------------------------------------------------------------------
 
-    def warm_up(self, seed: int) -> None:
-        """Before the first upload: transfer learning on the labelled public set, then private epochs."""
+    def warm_up(self, seed: int) -> bool | None:
+        """Before the first upload: transfer learning on the labelled public set, then private epochs. Returns
+        whether the public pre-training came from the cache (None: no pre-training, or no cache)."""
         c = self.cfg.client
-        if c.warmup_public_epochs > 0:
-            x_public, y_public = public_data(self.cfg)
-            train_epochs(self.model, x_public, y_public, self.optimizer, epochs=c.warmup_public_epochs,
-                         batch_size=c.batch_size, device=self.device, augment=c.augment, seed=seed)
+        cached = self.pretrain_public(seed) if c.warmup_public_epochs > 0 else None
         if c.warmup_epochs > 0:
             self.train(c.warmup_epochs, seed + 1)
+        return cached
+
+    def pretrain_public(self, seed: int) -> bool | None:
+        """client.warmup_public_epochs on the labelled public set; with client.warmup_cache, the model and optimizer
+        state after them are read from the cache when a run computed the same pre-training before (returns True),
+        else computed and kept there (False). Without the cache: None."""
+        c = self.cfg.client
+        x_public, y_public = public_data(self.cfg)
+        path = self.warmup_cache_path(seed, x_public, y_public) if c.warmup_cache else None
+        if path is not None and path.exists():
+            try:
+                state_from_bytes(path.read_bytes(), self.model, self.optimizer)
+                log.info("client %d: public pre-training read from %s", self.partition_id, path)
+                return True
+            except Exception as err:  # a damaged file costs the pre-training, not the run
+                log.warning("client %d: cannot read the cached pre-training %s (%s); pre-training again",
+                            self.partition_id, path, err)
+        train_epochs(self.model, x_public, y_public, self.optimizer, epochs=c.warmup_public_epochs,
+                     batch_size=c.batch_size, device=self.device, augment=c.augment, seed=seed)
+        if path is None:
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, state_to_bytes(self.model, self.optimizer))
+        return False
+
+    def warmup_cache_path(self, seed: int, x_public: torch.Tensor, y_public: torch.Tensor) -> Path:
+        """The cache file of this client's public pre-training: named by a digest of everything it depends on:
+        the settings (less WARMUP_KEY_IGNORES), the weights it starts from, the public images and labels, the seed,
+        the device, the torch version and thread count (they change the rounding), and the training code."""
+        settings = {k: v for k, v in flatten(self.cfg.to_dict()).items() if not k.startswith(WARMUP_KEY_IGNORES)}
+        digest = hashlib.sha256(json.dumps(
+            {"settings": settings, "partition_id": self.partition_id, "seed": seed, "device": str(self.device),
+             "torch": torch.__version__, "threads": torch.get_num_threads(),
+             "code": [hashlib.sha256(path.read_bytes()).hexdigest() for path in WARMUP_CODE]},
+            sort_keys=True).encode())
+        for tensor in (*self.model.state_dict().values(), x_public, y_public):
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        root = cache_root(self.cfg.data.cache_dir or None)
+        return root / "warmup" / f"{self.architecture}-{digest.hexdigest()[:24]}.pt"
 
     def distil(self, target: np.ndarray, target_seed: int, seed: int) -> dict:
         """Distil on the alignment subset of target_seed towards `target`; with client.distill_guard=val, undo it

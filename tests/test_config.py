@@ -2,6 +2,7 @@
 build_config converts and checks every value once, and below the edges no module reads configuration by key."""
 
 import dataclasses
+import json
 import re
 import typing
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from fedkt import config
 from fedkt.config import ConfigError, RunConfig, SETTINGS, base_defaults, build_config, compose, flatten, load_config
+from fedkt.deploy import PRESETS  # every preset in conf/experiment/ (tests/test_deploy.py checks the list)
 
 SRC = Path(config.__file__).resolve().parent
 
@@ -25,7 +27,7 @@ def test_every_key_of_conf_is_a_typed_field_and_no_field_lacks_a_default_in_conf
 
 
 def test_every_preset_and_algorithm_builds():
-    for preset in ("quick", "smoke", "paper_type1", "paper_type2", "paper_cpu"):
+    for preset in PRESETS:
         for algorithm in ("ktpfl", "fedmd", "local"):
             cfg = load_config([f"experiment={preset}", f"algorithm={algorithm}"])
             assert cfg.algorithm.name == algorithm and len(cfg.architectures) == cfg.num_clients
@@ -86,3 +88,16 @@ def test_below_the_edges_configuration_is_read_by_attribute_only():
                  for n, line in enumerate(path.read_text().splitlines(), 1) if READ_BY_KEY.search(line)]
     assert offenders == []
     assert READ_BY_KEY.search('lr = cfg["client"]["lr"]') and READ_BY_KEY.search('get(self.cfg, "seed")')
+
+
+def test_the_scarce_pretrained_preset_is_the_configuration_its_figures_were_measured_with():
+    """docs/RESULTS.md and the README quote the preset's gain from the runs in docs/runs/scarce_pretrained: the preset
+    must stay the configuration those runs had, their paths and the cache switch (which changes no figure) aside."""
+    records = sorted((Path(__file__).parents[1] / "docs" / "runs" / "scarce_pretrained").glob("*/config.json"))
+    assert len(records) >= 9, "three arms, three seeds at least"
+    for record in records:
+        ran = flatten(json.loads(record.read_text()))
+        preset = flatten(load_config(["experiment=scarce_pretrained", f"algorithm={ran['algorithm.name']}",
+                                      f"seed={ran['seed']}"]).to_dict())
+        differ = {key for key in preset.keys() | ran.keys() if preset.get(key) != ran.get(key)}
+        assert differ <= {"data.root", "run_dir", "client.warmup_cache"}, (record.parent.name, sorted(differ))

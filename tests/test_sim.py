@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fedkt.config import ConfigError, build_config, compose, load_config
+from fedkt.deploy import PRESETS  # every preset in conf/experiment/ (tests/test_deploy.py checks the list)
 from test_tracking import read_events
 
 
@@ -113,7 +114,7 @@ def test_fedmd_logit_consensus_needs_a_logit_loss(loss, ok):
 
 
 def test_default_and_presets_validate():
-    for preset in ("quick", "smoke", "paper_type1", "paper_type2", "paper_cpu"):
+    for preset in PRESETS:
         for algorithm in ("ktpfl", "fedmd", "local"):
             build_config(compose([f"experiment={preset}", f"algorithm={algorithm}"]))
     assert compose(["experiment=paper_type2"])["partition"]["scheme"] == "type2"

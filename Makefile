@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml constraints.txt
 	  'export RAY_worker_niceness=0' >> $(BIN)/activate
 	touch $(STAMP)
 
+# Hydra's -m (--multirun) must come before any override: ARGS="-m algorithm=local,ktpfl" sweeps.
 run: $(STAMP)
-	$(BIN)/python -m fedkt.sim data.root=$(DATA) $(ARGS)
+	$(BIN)/python -m fedkt.sim $(filter -m --multirun,$(ARGS)) data.root=$(DATA) $(filter-out -m --multirun,$(ARGS))
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -227,3 +227,14 @@ def test_the_clients_actors_run_at_the_drivers_priority():
     assert proc.returncode == 0, proc.stderr[-3000:]
     driver, worker = map(int, proc.stdout.split()[-2:])
     assert worker == driver
+
+
+def test_make_run_puts_a_sweep_flag_before_the_overrides():
+    """`make run ARGS="-m ..."` sweeps: Hydra refuses -m after an override, and the Makefile adds data.root=."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    def command(args):
+        out = subprocess.run(["make", "-n", "-C", root, "run", f"ARGS={args}", "DATA=d"], capture_output=True,
+                             text=True, check=True).stdout
+        return next(line for line in out.splitlines() if "fedkt.sim" in line).split("fedkt.sim", 1)[1].split()
+    assert command("-m algorithm=local,fedmd seed=0,1") == ["-m", "data.root=d", "algorithm=local,fedmd", "seed=0,1"]
+    assert command("algorithm=fedmd") == ["data.root=d", "algorithm=fedmd"]

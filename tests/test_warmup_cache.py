@@ -4,7 +4,6 @@ compute the same one (the arms of a sweep), with the same figures as computing i
 import logging
 
 import numpy as np
-import pytest
 import torch
 
 import fedkt.learner as learner
@@ -100,7 +99,7 @@ def test_a_damaged_cache_file_is_logged_and_the_pretraining_computed_again(tmp_p
     assert len(sizes) == 2 and PUBLIC_SIZE not in sizes
 
 
-@pytest.mark.parametrize("epochs", [0])
-def test_no_public_pretraining_writes_no_cache(tmp_path, monkeypatch, epochs):
-    first_round(make_learner(tmp_path, monkeypatch, f"client.warmup_public_epochs={epochs}", "client.warmup_cache=true"))
-    assert not (tmp_path / "cache" / "warmup").exists()
+def test_no_public_pretraining_writes_no_cache(tmp_path, monkeypatch):
+    uploads, metrics, _ = first_round(make_learner(tmp_path, monkeypatch, "client.warmup_public_epochs=0",
+                                                   "client.warmup_cache=true"))
+    assert "pretrain_cached" not in metrics and not (tmp_path / "cache" / "warmup").exists()

@@ -45,9 +45,10 @@ log = logging.getLogger("fedkt")
 # Settings that cannot change a client's labelled public pre-training (they act after it, or not on numbers): the
 # warm-up cache's key leaves them out, so that the arms of a sweep, and sweeps over the private budget, share one.
 WARMUP_KEY_IGNORES = ("algorithm.", "num_rounds", "round_timeout", "min_fit_fraction", "resume", "output_dir",
-                      "run_dir", "faults.", "logging.", "ray.", "data.cache_dir", "data.download", "client.local_epochs",
-                      "client.max_local_epochs", "client.min_steps", "client.warmup_epochs", "client.state_store",
-                      "client.distill_guard", "client.eval_batch_size", "client.num_gpus", "client.warmup_cache")
+                      "run_dir", "faults.", "logging.", "ray.", "data.cache_dir", "data.download",
+                      "client.local_epochs", "client.max_local_epochs", "client.min_steps", "client.warmup_epochs",
+                      "client.state_store", "client.distill_guard", "client.eval_batch_size", "client.num_gpus",
+                      "client.warmup_cache")
 # The code a pre-training runs through: editing it makes the cached ones stale, so its text is in the key too.
 WARMUP_CODE = (Path(__file__), Path(models.__file__), Path(train.__file__))
 
@@ -244,8 +245,7 @@ class Learner:
             sort_keys=True).encode())
         for tensor in (*self.model.state_dict().values(), x_public, y_public):
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        root = cache_root(self.cfg.data.cache_dir or None)
-        return root / "warmup" / f"{self.architecture}-{digest.hexdigest()[:24]}.pt"
+        return cache_root(self.cfg.data.cache_dir) / "warmup" / f"{self.architecture}-{digest.hexdigest()[:24]}.pt"
 
     def distil(self, target: np.ndarray, target_seed: int, seed: int) -> dict:
         """Distil on the alignment subset of target_seed towards `target`; with client.distill_guard=val, undo it

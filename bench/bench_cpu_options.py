@@ -6,7 +6,7 @@ torch.compile.
                                       [--samples 5000]
 
 Synthetic 3x32x32 inputs and 10 classes (no data set needed); weights from torch.manual_seed(0). The defaults are the
-quick preset's client: ImageNet stem, no extra norm, one torch thread (client.num_cpus), training batch 32,
+paper_quick preset's client: ImageNet stem, no extra norm, one torch thread (client.num_cpus), training batch 32,
 distillation batch 256 (KL to a soft target, fedkt.train.distillation_loss), prediction/evaluation batch 512.
 
 The variants of one kind are timed side by side: after warm-up steps, each repetition runs every variant once

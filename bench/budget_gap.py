@@ -3,11 +3,11 @@ client reaches alone with the preset's budget (the `local` arm) against the same
 more private epochs on the same shard. The verdict reads validation splits only; test accuracy is printed beside
 it, for the record, and chooses nothing.
 
-    python bench/budget_gap.py --data ../shared/data/cifar10-jpeg.tar.gz --set experiment=quick partition=type2
+    python bench/budget_gap.py --data ../shared/data/cifar10-jpeg.tar.gz --set experiment=paper_quick partition=type2
     python bench/budget_gap.py --data ../shared/data/cifar10-jpeg.tar.gz --set experiment=paper_cpu --clients-per-arch 2
     python bench/budget_gap.py --data ... --set ... --epochs-per-round 20   # is the reference itself at a plateau?
-    python bench/budget_gap.py --data ... --set experiment=quick --architectures resnet18   # one architecture a process
-    python bench/budget_gap.py --data ... --set experiment=quick client.max_local_epochs=5 --reference-from OUT.txt
+    python bench/budget_gap.py --data ... --set experiment=paper_quick --architectures resnet18   # one architecture a process
+    python bench/budget_gap.py --data ... --set experiment=paper_quick client.max_local_epochs=5 --reference-from OUT.txt
         # another budget against the references an earlier run printed to OUT.txt (the reference is the slow part)
     python bench/budget_gap.py --combine lenet.txt alexnet.txt resnet18.txt shufflenetv2.txt
         # the verdicts over several outputs of the same budget (one an architecture, or other seeds' shards)
@@ -234,7 +234,7 @@ def config_summary(cfg: RunConfig) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="data.root: the CIFAR-10 archive or folder")
-    parser.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. experiment=quick partition=type2")
+    parser.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. experiment=paper_quick partition=type2")
     parser.add_argument("--clients-per-arch", type=int, default=2, help="first K clients of each architecture")
     parser.add_argument("--epochs-per-round", type=int, default=10, help="the reference: this many private epochs "
                         "in every round (no ramp)")

@@ -1,9 +1,9 @@
 """Where a round's time goes: one client of each architecture through the steps of a round, timed one by one,
 and the server's step, for any preset. Prints a markdown table of seconds and shares.
 
-    python bench/profile_round.py --data ../shared/data/cifar10-jpeg.tar.gz --set experiment=quick
+    python bench/profile_round.py --data ../shared/data/cifar10-jpeg.tar.gz --set experiment=paper_quick
     python bench/profile_round.py --data ../shared/data/cifar10-jpeg.tar.gz --set experiment=paper_cpu partition=type2
-    python bench/profile_round.py --data ... --set experiment=quick --reps 5 \
+    python bench/profile_round.py --data ... --set experiment=paper_quick --reps 5 \
         --variant 'model.channels_last=""' --variant model.channels_last=[lenet,shufflenetv2]
 
 It drives the algorithm layer itself (fedkt.learner.Learner, fedkt.aggregation.KnowledgeServer), the code every

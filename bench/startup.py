@@ -3,7 +3,7 @@ in between go. Prints markdown tables of seconds per rep and their median.
 
     python bench/startup.py                                   # experiment=smoke num_rounds=1, 3 reps
     python bench/startup.py --reps 5 --show-log
-    python bench/startup.py --set experiment=quick num_rounds=1 data.root=../shared/data/cifar10-jpeg.tar.gz
+    python bench/startup.py --set experiment=paper_quick num_rounds=1 data.root=../shared/data/cifar10-jpeg.tar.gz
 
 Each rep runs, in fresh interpreters and interleaved (the order rotates from rep to rep):
 - the bare imports, `python -c "import torch, torchvision, flwr, hydra"` (wall time);

@@ -209,11 +209,14 @@ def test_a_client_without_a_validation_image_is_refused_where_its_settings_read_
 def test_a_deployed_client_warns_itself_when_it_takes_few_private_steps(tmp_path, monkeypatch, caplog):
     """`flwr run`'s ServerApp holds no shard sizes, so a deployed client says in round 1 that it is under-trained;
     a simulated one leaves it to python -m fedkt.sim's one warning for the whole federation."""
-    quick = load_config(["experiment=quick"])
-    text = learner.few_steps_warning(quick, 3, 21)  # 21 images, batch 32: one step an epoch, 56 in the run
+    paper_quick = load_config(["experiment=paper_quick"])
+    text = learner.few_steps_warning(paper_quick, 3, 21)  # 21 images, batch 32: one step an epoch, 56 in the run
     assert "client 3 takes 56 private SGD steps" in text and "client.min_steps" in text
-    assert learner.few_steps_warning(quick, 3, 480) is None
+    assert learner.few_steps_warning(paper_quick, 3, 480) is None
     assert learner.few_steps_warning(load_config(["experiment=smoke"]), 3, 21) is None  # generated data
+    assert learner.few_steps_warning(load_config(["experiment=quick"]), 3, 17) is None  # pre-trained: fine-tuning
+    pretrained = load_config(["experiment=paper_quick", "client.warmup_public_epochs=1"])
+    assert learner.few_steps_warning(pretrained, 3, 21) is None
     asked = []
     monkeypatch.setattr(client_app, "few_steps_warning", lambda cfg, pid, n: asked.append((pid, n)) or "too few")
     config = {"epochs": 1, "next_seed": 5, "target_seed": -1, "target_partition": -1}

@@ -181,16 +181,16 @@ def test_disk_room_is_told_and_a_disk_too_small_is_warned_before_the_first_round
 
 def test_clients_trained_too_few_steps_are_warned_about_before_the_first_round(caplog):
     """A run whose smallest shard takes fewer than FEW_PRIVATE_STEPS private steps is warned about, naming the
-    client and the two ways out; quick's shards, client.min_steps and generated data are not."""
+    client and the two ways out; paper_quick's shards, client.min_steps and generated data are not."""
     from fedkt import sim
 
-    def warnings(*overrides, sizes=(480, 21, 480), preset="quick"):
+    def warnings(*overrides, sizes=(480, 21, 480), preset="paper_quick"):
         caplog.clear()
         with caplog.at_level("WARNING", logger="fedkt"):
             sim.check_private_steps(load_config([f"experiment={preset}", *overrides]), list(sizes))
         return caplog.text
 
-    assert sim.private_steps(load_config(["experiment=quick"]), 480) == 56 * 15  # warm-up + ramp 1 -> 10, 15 an epoch
+    assert sim.private_steps(load_config(["experiment=paper_quick"]), 480) == 56 * 15  # warm-up + ramp 1 -> 10, 15 an epoch
     text = warnings()
     assert "client 1 takes 56 private SGD steps" in text and "1 of the 3 clients take fewer than 100" in text
     assert "client.local_epochs" in text and "client.min_steps" in text

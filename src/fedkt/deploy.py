@@ -26,7 +26,7 @@ from fedkt.app_config import PATH_KEYS
 from fedkt.config import compose, flatten, unflatten
 
 # conf/experiment/ -> presets/*.toml
-PRESETS = ("smoke", "quick", "scarce_pretrained", "paper_cpu", "paper_type1", "paper_type2")
+PRESETS = ("smoke", "quick", "paper_quick", "paper_cpu", "paper_type1", "paper_type2")
 REPO = Path(__file__).resolve().parents[2]  # the checkout: presets/ and pyproject.toml are not in the wheel
 PRESET_DIR = REPO / "presets"
 PYPROJECT = REPO / "pyproject.toml"

@@ -1,6 +1,6 @@
 """`python -m fedkt.sim`: one federated run (or a Hydra multirun of them) on Flower's Ray simulation engine.
 
-    python -m fedkt.sim                                  # the `quick` preset: KT-pFL, type 1, 20 clients
+    python -m fedkt.sim                                  # the `quick` preset: KT-pFL, type 1, 20 pre-trained clients
     python -m fedkt.sim algorithm=fedmd partition=type2 experiment=paper_type2 data.root=PATH
     python -m fedkt.sim -m algorithm=ktpfl,fedmd,local partition=type1,type2 seed=0,1
     python -m fedkt.sim resume=outputs/runs/RUN                # continue a killed run

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fedkt import config
-from fedkt.config import ConfigError, RunConfig, SETTINGS, base_defaults, build_config, compose, flatten, load_config
+from fedkt.config import ConfigError, SETTINGS, base_defaults, build_config, compose, flatten, load_config
 from fedkt.deploy import PRESETS  # every preset in conf/experiment/ (tests/test_deploy.py checks the list)
 
 SRC = Path(config.__file__).resolve().parent

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fedkt.data import CIFAR10_CLASSES
-from fedkt.partition import ClientShard, Partition, make_partition
+from fedkt.partition import ClientShard, Partition, make_partition, majority_share
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +178,18 @@ def test_class_counts(labels):
     shard = ClientShard(train=np.array([0, 1]), val=np.array([2]), test=np.array([3]))
     part = Partition(public=np.array([4]), clients=[shard], scheme="iid", seed=0, num_classes=10)
     assert part.class_counts(labels).tolist() == [np.bincount(labels[:4], minlength=10).tolist()]
+
+
+def test_majority_share_is_what_always_answering_the_commonest_class_scores(labels):
+    assert majority_share([3, 3, 1, 3, 0]) == 3 / 5
+    assert majority_share(np.array([7])) == 1.0
+    assert np.isnan(majority_share([]))  # an empty split has no floor, and no accuracy either
+    part = make_partition(labels, 8, scheme="type2", seed=1, public_size=500, samples_per_client=300)
+    for split in ("train", "val", "test"):
+        for shard, share in zip(part.clients, part.majority_shares(labels, split)):
+            y = labels[getattr(shard, split)]
+            best_constant = max(np.mean(y == k) for k in range(10))  # the reference: try every constant answer
+            assert share == pytest.approx(best_constant) and share >= 0.5  # two classes a client: at least half
 
 
 @pytest.mark.parametrize("kwargs,key", [

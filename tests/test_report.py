@@ -45,7 +45,8 @@ def recorder_config(algorithm, partition, seed, num_rounds, num_clients):
 
 
 def fake_run(run_dir, algorithm="ktpfl", partition="type1", seed=0, history=(0.2, 0.3, 0.4), num_rounds=None,
-             status="completed", error="", num_clients=4, norm="none", nan_round=None, extra=None, val_history=None):
+             status="completed", error="", num_clients=4, norm="none", nan_round=None, extra=None, val_history=None,
+             shares=None):
     """A run directory as fedkt.sim leaves it: config, partition, then RunRecorder's files round by round."""
     run_dir = Path(run_dir)
     num_rounds = num_rounds or len(history)
@@ -82,6 +83,8 @@ def fake_run(run_dir, algorithm="ktpfl", partition="type1", seed=0, history=(0.2
                    "fit_lr": 0.02, "fit_seconds": 0.1, "fit_bytes_sent": 4000}
             if k > 1:
                 row["fit_distill_loss"] = 0.3
+            if shares is not None:
+                row["test_majority_share"] = shares[pid]
             rows.append(row)
         c = None
         if algorithm == "ktpfl":
@@ -458,3 +461,40 @@ def test_seed_by_seed_curves_show_what_the_mean_hides(tmp_path):
     figure = report.out_dir / "seeds_type1.png"
     assert figure in report.figures and figure.stat().st_size > 10_000
     assert "![seeds_type1](seeds_type1.png)" in report.markdown.read_text()
+
+
+def test_clients_against_their_majority_share_per_architecture(tmp_path, caplog):
+    """The 'Do the clients learn?' table: per architecture, the final accuracy against each client's floor (the
+    share of its test split's commonest class), and the client-runs above it; the run warns of those at it."""
+    shares = [0.1, 0.25, 0.9, 0.2]  # client 2's floor is above anything it reaches
+    with caplog.at_level(logging.WARNING, logger="fedkt"):
+        for seed in (0, 1):
+            fake_run(tmp_path / f"s{seed}", "local", "type1", seed, history=(0.3, 0.4), shares=shares)
+    assert "1 of 4 clients end no better than answering their test split's most common class (partition ids 2)" \
+        in caplog.text
+    report = write_report([tmp_path])
+    summary = json.loads((tmp_path / "s0" / "summary.json").read_text())
+    assert summary["final_client_test_majority_share"] == {str(pid): v for pid, v in enumerate(shares)}
+    rows = json.loads((tmp_path / "report.json").read_text())["clients_against_majority_share"]
+    assert [r["architecture"] for r in rows] == ARCHS
+    finals = [json.loads((tmp_path / f"s{seed}" / "summary.json").read_text())["final_client_test_acc"]
+              for seed in (0, 1)]
+    for pid, row in enumerate(rows):  # one client an architecture, two seeds
+        accs = [f[str(pid)] for f in finals]
+        assert row["client_runs"] == 2 and row["majority_share_mean"] == pytest.approx(shares[pid])
+        assert row["final_acc_mean"] == pytest.approx(np.mean(accs))
+        assert row["above"] == sum(a > shares[pid] for a in accs)
+    assert rows[2]["above"] == 0
+    text = report.markdown.read_text()
+    assert "### Do the clients learn?" in text and "| type1 | local | alexnet | 2 |" in text
+
+
+def test_runs_recorded_without_majority_shares_say_how_to_get_them(tmp_path, caplog):
+    fake_run(tmp_path / "old", "local", "type1", 0, history=(0.3, 0.4))
+    report = write_report([tmp_path])
+    assert "`--data ROOT` (the data set they ran on) computes them" in report.markdown.read_text()
+    # fake_run's partition.json was not drawn from the data its config names: the rebuilt one is refused
+    with caplog.at_level(logging.WARNING, logger="fedkt"):
+        report = write_report([tmp_path], data_root="anywhere")
+    assert report.runs[0].majority_shares == {}
+    assert "is not the one in its partition.json" in caplog.text

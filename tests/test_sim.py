@@ -2,14 +2,17 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from fedkt.config import ConfigError, build_config, compose, load_config
+from fedkt.config import ConfigError, build_config, compose, load_config, recorded_config
 from fedkt.deploy import PRESETS  # every preset in conf/experiment/ (tests/test_deploy.py checks the list)
+from fedkt.report import write_report
+from fedkt.task import load_federation
 from test_tracking import read_events
 
 
@@ -31,6 +34,18 @@ def test_smoke_run_writes_metrics(tmp_path, algorithm):
     assert len(summary["mean_test_acc_history"]) == 2
     assert 0.0 <= summary["final_mean_test_acc"] <= 1.0
     assert set(summary["final_client_test_acc"]) == {"0", "1", "2", "3"}
+    # each client's floor, as its own test split gives it, and fedkt.report --data rebuilds it for older runs
+    config = json.loads((run / "config.json").read_text())
+    data, partition = load_federation(recorded_config(config)[0])
+    expected = partition.majority_shares(data.y_train.numpy())
+    assert [summary["final_client_test_majority_share"][str(pid)] for pid in range(4)] == expected
+    if algorithm == "local":
+        older = tmp_path / "older" / "run"
+        shutil.copytree(run, older, ignore=shutil.ignore_patterns("clients"))
+        del summary["final_client_test_majority_share"]
+        (older / "summary.json").write_text(json.dumps(summary))
+        assert write_report([older]).runs[0].majority_shares == {}
+        assert write_report([older], data_root="anywhere").runs[0].majority_shares == dict(enumerate(expected))
     metrics = (run / "metrics.csv").read_text().splitlines()
     assert len(metrics) == 3 and "mean_test_acc" in metrics[0]
     clients = (run / "clients.csv").read_text().splitlines()

@@ -117,7 +117,8 @@ class KnowledgeClient(NumPyClient):
     def evaluate(self, parameters, config):
         learner = self._restore(max_round=int(config["round"]))
         loss, acc = learner.test(parameters or None)  # FedAvg sends the global model; the others nothing
-        return float(loss), len(learner.data.y_test), {"partition_id": self.partition_id, "test_acc": float(acc)}
+        return float(loss), len(learner.data.y_test), {"partition_id": self.partition_id, "test_acc": float(acc),
+                                                       "test_majority_share": learner.test_majority_share}
 
 
 def make_client_app(cfg: RunConfig) -> ClientApp:

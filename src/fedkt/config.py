@@ -287,6 +287,14 @@ def build_config(values: dict | RunConfig) -> RunConfig:
     return cfg
 
 
+def recorded_config(saved: dict) -> tuple[RunConfig, dict]:
+    """A run's config.json (nested) as a checked RunConfig, and the keys fedkt gained after the run was recorded:
+    those take the value that reproduces what the run did (BEFORE_THE_KEY), else today's default."""
+    flat = flatten(saved)
+    added = {k: BEFORE_THE_KEY.get(k, v) for k, v in flatten(base_defaults()).items() if k not in flat}
+    return build_config(unflatten({**added, **flat})), added
+
+
 def load_config(overrides: list[str] | tuple[str, ...] = (), **fields) -> RunConfig:
     """The checked config `python -m fedkt.sim OVERRIDES...` would run with (for tests, benchmarks, tools);
     `fields` sets top-level fields that are not settings (run_dir)."""

@@ -34,6 +34,7 @@ from fedkt.core import alignment_indices, shift_targets, soft_predictions
 from fedkt.data import cache_root
 from fedkt.files import write_atomic
 from fedkt.models import build_model, load_model_arrays, model_arrays, to_channels_last
+from fedkt.partition import majority_share
 from fedkt.task import client_data, load_federation, public_data
 from fedkt.train import (LRPolicy, distill, make_optimizer, pick_device, predict_logits, set_threads,
                          read_state, state_from_bytes, state_to_bytes, steps_per_epoch, train_epochs)
@@ -311,6 +312,11 @@ class Learner:
             load_model_arrays(self.model, global_arrays)
         return evaluate_model(self.model, self.data.x_test, self.data.y_test,
                               batch_size=self.cfg.client.eval_batch_size, device=self.device)
+
+    @property
+    def test_majority_share(self) -> float:
+        """The test accuracy of always answering the test split's most common class (see majority_share)."""
+        return majority_share(self.data.y_test.numpy())
 
 
 def state_size(cfg: RunConfig, architecture: str, num_classes: int) -> int:

@@ -15,6 +15,12 @@ import numpy as np
 from fedkt.config import SCHEMES, TYPE1_METHODS
 
 
+def majority_share(labels) -> float:
+    """The share of the most common class in labels: the accuracy of a model that always answers that class, the
+    floor a client that learned nothing from its images reaches on a skewed split. NaN for an empty split."""
+    labels = np.asarray(labels, dtype=np.int64)
+    return float(np.bincount(labels).max() / len(labels)) if len(labels) else float("nan")
+
 
 @dataclass(eq=False)
 class ClientShard:
@@ -50,6 +56,11 @@ class Partition:
         """(num_clients, num_classes) counts of each class over each client's whole shard."""
         labels = np.asarray(labels)
         return np.stack([np.bincount(labels[c.all], minlength=self.num_classes) for c in self.clients])
+
+    def majority_shares(self, labels, split: str = "test") -> list[float]:
+        """Per client, majority_share of one split ("train", "val" or "test")."""
+        labels = np.asarray(labels)
+        return [majority_share(labels[getattr(c, split)]) for c in self.clients]
 
     def summary(self, labels, class_names=None) -> str:
         """A table: per client, the count of each class and the train / val / test sizes."""

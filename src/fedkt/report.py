@@ -2,6 +2,7 @@
 
     python -m fedkt.report outputs/multirun/2026-11-25_16-00-00            # -> report.md + figures there
     python -m fedkt.report RUN_A RUN_B SWEEP_C --out /tmp/report [--run-figures] [--x data.samples_per_client]
+                           [--data ../shared/data/cifar10-jpeg.tar.gz]
 
 Every directory holding both config.json and summary.json (see fedkt.results) below the given paths is a run.
 report.md holds:
@@ -13,6 +14,10 @@ report.md holds:
   (added to the config between runs) counts only if it takes two values; runs without it show "—". Only
   completed runs count;
 - the same table per architecture: each architecture's clients' mean final test accuracy, mean over seeds;
+- do the clients learn: per architecture, the clients' final test accuracy against the share of their test
+  split's most common class (what always answering that class scores: the floor of a client that learned
+  nothing), and how many client-runs end above it. Runs record the shares since 2026-12-02; for older runs
+  `--data ROOT` rebuilds each run's partition from its config on that data set and computes them;
 - one curve figure per partition (curves_<partition>.png): mean test accuracy per round of each algorithm
   (and setting), mean over seeds with a +-1 sample-std band; runs that did not complete are drawn dotted;
 - where a group has two seeds or more, seeds_<partition>.png: the same curves seed by seed, one panel each (a
@@ -42,6 +47,7 @@ writes the report into the sweep directory when a multirun ends; it logs, and ne
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -55,10 +61,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fedkt.config import flatten, recorded_architectures
+from fedkt.config import ConfigError, flatten, recorded_architectures, recorded_config
+from fedkt.data import DataError
 from fedkt.files import write_atomic
+from fedkt.partition import Partition
 from fedkt.plots import new_figure, save_figure, write_run_figures
 from fedkt.results import format_duration, human_bytes, read_json, to_float
+from fedkt.task import load_federation
 
 log = logging.getLogger("fedkt")
 
@@ -83,6 +92,7 @@ class Run:
     summary: dict
     flat: dict = field(default_factory=dict)
     setting: str = ""
+    rebuilt_shares: dict = field(default_factory=dict)  # majority shares computed from the data (--data)
 
     @property
     def status(self) -> str:
@@ -125,21 +135,51 @@ class Run:
         return self.status == "completed" and math.isfinite(self.final)
 
     @cached_property
+    def client_architectures(self) -> list[str]:
+        """Architecture per partition id, from the run's model.architectures; [] when the config lacks it."""
+        try:
+            return recorded_architectures(self.config)
+        except Exception:  # an old or hand-written config: no per-architecture figures, not an error
+            return []
+
+    @cached_property
+    def client_finals(self) -> dict[int, float]:
+        """partition id -> final test accuracy (finite values only)."""
+        accs = self.summary.get("final_client_test_acc")
+        if not isinstance(accs, dict):
+            return {}
+        return {int(pid): to_float(acc) for pid, acc in accs.items()
+                if str(pid).isdigit() and math.isfinite(to_float(acc))}
+
+    @cached_property
     def architecture_finals(self) -> dict[str, float]:
         """Final test accuracy per architecture: the mean over that architecture's clients (their partition ids
         mapped through the run's model.architectures); {} when the run's config or summary lacks them."""
-        accs = self.summary.get("final_client_test_acc")
-        if not isinstance(accs, dict) or not accs:
-            return {}
-        try:
-            archs = recorded_architectures(self.config)
-        except Exception:  # an old or hand-written config: no per-architecture figures, not an error
-            return {}
+        archs = self.client_architectures
         by_arch: dict[str, list[float]] = {}
-        for pid, acc in accs.items():
-            if str(pid).isdigit() and int(pid) < len(archs) and math.isfinite(to_float(acc)):
-                by_arch.setdefault(archs[int(pid)], []).append(to_float(acc))
+        for pid, acc in self.client_finals.items():
+            if pid < len(archs):
+                by_arch.setdefault(archs[pid], []).append(acc)
         return {arch: float(np.mean(v)) for arch, v in by_arch.items()}
+
+    @property
+    def majority_shares(self) -> dict[int, float]:
+        """partition id -> the majority-class share of its test split: as the run recorded it, else as computed
+        from the data (rebuilt_shares); {} when neither."""
+        recorded = self.summary.get("final_client_test_majority_share")
+        shares = {int(pid): to_float(v) for pid, v in recorded.items()
+                  if str(pid).isdigit()} if isinstance(recorded, dict) else {}
+        shares = {pid: v for pid, v in shares.items() if math.isfinite(v)}
+        return shares or dict(self.rebuilt_shares)
+
+    def against_floor(self) -> dict[str, list[tuple[float, float]]]:
+        """Per architecture, (final test accuracy, majority share) of each client that has both."""
+        archs, shares = self.client_architectures, self.majority_shares
+        pairs: dict[str, list[tuple[float, float]]] = {}
+        for pid, acc in self.client_finals.items():
+            if pid < len(archs) and pid in shares:
+                pairs.setdefault(archs[pid], []).append((acc, shares[pid]))
+        return pairs
 
     @property
     def rounds(self) -> str:
@@ -293,6 +333,25 @@ class Report:
 
 # -----------------------------------------------------------------------------
 # finding and reading runs
+
+def shares_from_data(run: Run, data_root) -> dict[int, float]:
+    """Each client's test-split majority share for a run recorded without them: the run's partition rebuilt from
+    its config (a pure function of it) on the data set at data_root. {} (logged) when it cannot be rebuilt, or
+    when the run's own partition.json says the rebuilt partition is not the one it ran on."""
+    try:
+        cfg, _ = recorded_config(run.config)
+        cfg = cfg.replace(data=dataclasses.replace(cfg.data, root=str(data_root)))
+        data, partition = load_federation(cfg)
+    except (ConfigError, DataError, OSError, ValueError) as error:
+        log.warning("report: %s: majority shares not computed: %s: %s", run.label, type(error).__name__, error)
+        return {}
+    recorded = run.path / "partition.json"
+    if recorded.exists() and Partition.from_json(recorded) != partition:
+        log.warning("report: %s: the partition rebuilt on %s is not the one in its partition.json (another data "
+                    "set?); majority shares not computed", run.label, data_root)
+        return {}
+    return dict(enumerate(partition.majority_shares(data.y_train.numpy())))
+
 
 def find_runs(paths) -> list[Path]:
     """Every directory at or below the paths that holds config.json and summary.json (sorted naturally)."""
@@ -634,6 +693,34 @@ def architecture_table(groups: list[Group], with_setting: bool) -> list[str]:
     return _table(header, rows)
 
 
+def floor_rows(groups: list[Group]) -> list[dict]:
+    """Per group and architecture: client-runs (clients x seeds) with a final accuracy and a majority share, their
+    mean accuracy, mean share, and how many end above their own share."""
+    rows = []
+    for g in groups:
+        by_arch: dict[str, list[tuple[float, float]]] = {}
+        for run in g.runs:
+            for arch, pairs in run.against_floor().items():
+                by_arch.setdefault(arch, []).extend(pairs)
+        for arch, pairs in by_arch.items():
+            acc, share = np.array(pairs).T
+            rows.append({"partition": g.partition, "algorithm": g.algorithm, "setting": g.setting,
+                         "architecture": arch, "client_runs": len(pairs), "final_acc_mean": float(acc.mean()),
+                         "majority_share_mean": float(share.mean()), "above": int((acc > share).sum())})
+    return rows
+
+
+def floor_table(groups: list[Group], with_setting: bool) -> list[str]:
+    rows = [[r["partition"], r["algorithm"]] + ([r["setting"] or "(default)"] if with_setting else [])
+            + [r["architecture"], r["client_runs"], _acc(r["final_acc_mean"]), _acc(r["majority_share_mean"]),
+               f"{r['above']}/{r['client_runs']}"] for r in floor_rows(groups)]
+    if not rows:
+        return []
+    header = ["partition", "algorithm"] + (["setting"] if with_setting else []) + [
+        "architecture", "client-runs", "final acc", "majority share", "above it"]
+    return _table(header, rows)
+
+
 def runs_table(runs: list[Run], with_setting: bool) -> list[str]:
     header = ["run", "algorithm", "partition", "seed"] + (["setting"] if with_setting else []) + [
         "status", "rounds", "final acc", "wall time", "bytes up", "bytes down"]
@@ -694,6 +781,17 @@ def render_markdown(report: Report, paths) -> str:
         lines += ["", "### Per architecture", "",
                   "Final test accuracy of each architecture's clients: their mean within a run, then the mean "
                   "over the group's seeds.", ""] + per_arch
+    floor = floor_table(groups, with_setting)
+    if floor:
+        lines += ["", "### Do the clients learn?", "",
+                  "Each client's final test accuracy against the share of its test split's most common class: what "
+                  "always answering that class scores, the floor of a client that learned nothing from its images "
+                  "(non-IID splits are skewed, so it is well above 1/classes). Means over the client-runs (clients "
+                  "x seeds); 'above it' counts the client-runs that end above their own floor.", ""] + floor
+    elif any(r.client_finals for r in groups_runs(groups)):
+        lines += ["", "### Do the clients learn?", "",
+                  "These runs did not record their clients' majority-class shares (fedkt before 2026-12-02): "
+                  "`--data ROOT` (the data set they ran on) computes them.", ""]
     if report.paired_architectures:
         lines += ["", "### Paired differences per architecture", "",
                   "The same paired differences on each architecture's clients only (their mean final test "
@@ -716,6 +814,10 @@ def render_markdown(report: Report, paths) -> str:
         lines += ["", "## Per-run figures", ""]
         lines += [f"- [{os.path.relpath(f, report.out_dir)}]({os.path.relpath(f, report.out_dir)})" for f in others]
     return "\n".join(lines) + "\n"
+
+
+def groups_runs(groups: list[Group]) -> list[Run]:
+    return [r for g in groups for r in g.runs]
 
 
 def report_json(report: Report) -> dict:
@@ -741,6 +843,7 @@ def report_json(report: Report) -> dict:
              "n": p.n, "seeds": p.seeds, "diffs": [number(d) for d in p.diffs], "mean": number(p.mean),
              "ci95_half_width": number(p.half_width), "verdict": p.verdict, "same_on_every_seed": p.no_spread}
             for p in report.paired_architectures],
+        "clients_against_majority_share": floor_rows(report.groups),
         "runs": [{"run": r.label, "path": str(r.path), "algorithm": r.algorithm, "partition": r.partition,
                   "seed": r.seed, "setting": r.setting, "status": r.status, "error": r.error,
                   "included": r.included, "rounds_completed": r.summary.get("rounds_completed"),
@@ -754,9 +857,11 @@ def report_json(report: Report) -> dict:
 # -----------------------------------------------------------------------------
 # entry points
 
-def write_report(paths, out_dir=None, run_figures: bool = False, x_key: str | None = None) -> Report:
+def write_report(paths, out_dir=None, run_figures: bool = False, x_key: str | None = None,
+                 data_root=None) -> Report:
     """Find the runs under paths, write report.md, report.json and curves_<partition>.png (and, with x_key,
-    sweep_<partition>.png) into out_dir (default: the first path); returns what it wrote. Raises
+    sweep_<partition>.png) into out_dir (default: the first path); returns what it wrote. With data_root, runs
+    that did not record their clients' majority shares get them from that data set (shares_from_data). Raises
     FileNotFoundError when no run is found, ValueError when no run's config has x_key."""
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     if not paths:
@@ -770,6 +875,10 @@ def write_report(paths, out_dir=None, run_figures: bool = False, x_key: str | No
         out = out.parent
     out.mkdir(parents=True, exist_ok=True)
     runs = [load_run(d, roots) for d in dirs]
+    if data_root is not None:
+        for run in runs:
+            if run.client_finals and not run.majority_shares:
+                run.rebuilt_shares = shares_from_data(run, data_root)
     keys = setting_keys(runs)
     for run in runs:
         run.setting = ", ".join(f"{k}={canonical(run.flat.get(k, _MISSING))}" for k in keys)
@@ -832,15 +941,22 @@ def main(argv=None) -> int:
     parser.add_argument("--x", dest="x_key", default=None, metavar="KEY",
                         help="a swept config key (e.g. data.samples_per_client): also draw accuracy and paired gain "
                              "against it (sweep_<partition>.png)")
+    parser.add_argument("--data", dest="data_root", default=None, metavar="ROOT",
+                        help="the data set the runs used: computes each client's majority-class share for runs "
+                             "recorded without it (fedkt before 2026-12-02)")
     args = parser.parse_args(argv)
     try:
-        report = write_report(args.paths, args.out, run_figures=args.run_figures, x_key=args.x_key)
+        report = write_report(args.paths, args.out, run_figures=args.run_figures, x_key=args.x_key,
+                              data_root=args.data_root)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print("\n".join(mean_table(report.groups, bool(report.setting_keys))) if report.groups else "no completed run")
     if report.paired:
         print("\n".join(paired_table(report.paired, bool(report.setting_keys))))
+    floor = floor_table(report.groups, bool(report.setting_keys))
+    if floor:
+        print("\n".join(floor))
     left_out = [r for r in report.runs if not r.included]
     if left_out:
         print("left out: " + "; ".join(f"{r.label} ({r.status})" for r in left_out))

@@ -181,7 +181,17 @@ class RunRecorder:
 
     def finish(self, status: str, error: str = "") -> dict:
         self.status, self.error = status, error
+        floor = at_majority_share(self._last_round_rows())
+        if floor:
+            log.warning("%d of %d clients end no better than answering their test split's most common class "
+                        "(partition ids %s): they may not have learned from their images; fedkt.report's "
+                        "'Do the clients learn?' table shows it per architecture", len(floor),
+                        len(self._last_round_rows()), ", ".join(map(str, floor)))
         return self._write_summary()
+
+    def _last_round_rows(self) -> list[dict]:
+        last = self.rounds[-1]["round"] if self.rounds else -1
+        return [r for r in self.client_rows if r["round"] == last]
 
     def _write_summary(self) -> dict:
         history = [r["mean_test_acc"] for r in self.rounds]
@@ -197,14 +207,24 @@ class RunRecorder:
             "final_mean_test_acc": history[-1] if history else None,
             "mean_test_acc_history": history,
             **val_selected(self.rounds),
-            "final_client_test_acc": {r["partition_id"]: r.get("test_acc") for r in self.client_rows
-                                      if r["round"] == (self.rounds[-1]["round"] if self.rounds else -1)},
+            "final_client_test_acc": {r["partition_id"]: r.get("test_acc") for r in self._last_round_rows()},
+            # each client's floor: the test accuracy of always answering its test split's most common class
+            "final_client_test_majority_share": {r["partition_id"]: r.get("test_majority_share")
+                                                 for r in self._last_round_rows()},
             "wall_seconds": self.wall_seconds(),
             "bytes_up": sum(r.get("bytes_up", 0) for r in self.rounds),
             "bytes_down": sum(r.get("bytes_down", 0) for r in self.rounds),
         }
         dump_json(self.run_dir / "summary.json", summary)
         return summary
+
+
+def at_majority_share(rows: list[dict]) -> list[int]:
+    """Partition ids whose test accuracy is at or below their test split's majority-class share (rows without
+    either figure are left out)."""
+    return sorted(r["partition_id"] for r in rows
+                  if math.isfinite(to_float(r.get("test_acc"))) and math.isfinite(to_float(r.get("test_majority_share")))
+                  and to_float(r["test_acc"]) <= to_float(r["test_majority_share"]))
 
 
 def val_selected(rounds: list[dict]) -> dict:

@@ -28,9 +28,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from fedkt.client_app import make_client_app
-from fedkt.config import (BEFORE_THE_KEY, CONF_DIR, ConfigError, RunConfig, base_defaults, build_config,
-                          check_ray_resources, check_server_device, flatten, gpus_per_client, synthetic_data_note,
-                          unflatten)
+from fedkt.config import (CONF_DIR, ConfigError, RunConfig, build_config, check_ray_resources, check_server_device,
+                          gpus_per_client, recorded_config, synthetic_data_note)
 from fedkt.data import DataError
 from fedkt.learner import (FEW_PRIVATE_STEPS, few_steps_warning, no_validation_advice, private_steps, state_size,
                            validation_readers)
@@ -131,13 +130,12 @@ def load_run_config(run_dir: Path) -> RunConfig:
     still resumes with the settings it ran with."""
     if not (run_dir / "config.json").exists():
         raise ConfigError(f"resume={run_dir}: no config.json there; name the directory of the run to resume")
-    saved = flatten(json.loads((run_dir / "config.json").read_text()))
-    added = {k: BEFORE_THE_KEY.get(k, v) for k, v in flatten(base_defaults()).items() if k not in saved}
+    cfg, added = recorded_config(json.loads((run_dir / "config.json").read_text()))
     if added:
         log.warning("resume: %s was recorded before these settings existed; they take what the run did, or else "
                     "today's default: %s", run_dir,
                     ", ".join(f"{k}={v}" for k, v in added.items()))
-    return build_config(unflatten({**added, **saved}))
+    return cfg
 
 
 def resume(run_dir: str | Path) -> dict:

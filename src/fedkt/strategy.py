@@ -214,6 +214,8 @@ class KnowledgeTransfer(Strategy):
             row = self._clients.setdefault(pid, {})
             row.update(test_loss=float(res.loss), test_acc=float(res.metrics["test_acc"]),
                        test_samples=int(res.num_examples))
+            if "test_majority_share" in res.metrics:  # clients of fedkt before 2026-12-02 do not send it
+                row["test_majority_share"] = float(res.metrics["test_majority_share"])
         for failure in failures:
             log.warning("round %d: a client failed in evaluate: %s", server_round, _short(failure))
         record = self._finish_round(server_round, eval_failures=len(failures))

@@ -39,7 +39,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from fedkt.models import ARCHITECTURES, build_model
+from fedkt.models import ARCHITECTURES, build_model, cpu_bfloat16_units
 from fedkt.train import augment_batch, distillation_loss, make_optimizer, set_threads, usable_cores
 
 NUM_CLASSES = 10
@@ -61,16 +61,6 @@ def cpu_name():
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def bf16_units():
-    """The CPU's native bfloat16 instruction sets, from /proc/cpuinfo's flags ("" where none or unknown)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return ""
-    return ", ".join(flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags)
 
 
 def load_line():
@@ -275,7 +265,7 @@ def main():
     archs = args.archs.split(",")
     print(f"{datetime.datetime.now():%Y-%m-%d %H:%M} | torch {torch.__version__} | {cpu_name()} | "
           f"{usable_cores()} usable cores ({os.cpu_count()} online) | torch threads {threads} | {load_line()} at start")
-    print(f"bfloat16 units: {bf16_units() or 'none (bf16 is emulated: expect it slower)'}")
+    print(f"bfloat16 units: {cpu_bfloat16_units() or 'none (bf16 is emulated: expect it slower)'}")
     print(f"stem {args.stem}, norm {args.norm} | median of {args.reps} interleaved reps | training {args.steps} "
           f"steps x batch {TRAIN_BATCH}, distillation {args.distill_steps} steps x batch {DISTILL_BATCH}, "
           f"prediction {args.samples:,} samples per rep, after {WARMUP_STEPS} warm-up steps | "

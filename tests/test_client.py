@@ -151,6 +151,41 @@ def test_channels_last_names_only_architectures():
     assert load_config(['model.channels_last=""']).channels_last == frozenset()
 
 
+def test_bfloat16_clients_compute_in_bfloat16_and_keep_float32_weights_across_messages(tmp_path, monkeypatch):
+    """model.bfloat16: the named architectures' convolutions run in bfloat16 from the first message on, while
+    weights, saved states and the logits they send stay float32; a restored client is the same model; the
+    others are untouched."""
+    archs = "model.architectures=[lenet,alexnet]"
+    cfg = load_config(["experiment=smoke", archs, "num_clients=2", "model.bfloat16=[alexnet]"], run_dir=str(tmp_path))
+    assert cfg.bfloat16 == {"alexnet"}
+    monkeypatch.setenv("FEDKT_CACHE", str(tmp_path / "cache"))
+    for pid, arch in enumerate(cfg.architectures):
+        fresh = learner.Learner(cfg, pid)
+        fresh.warm_up(seed=3)
+        restored = learner.Learner(cfg, pid, fresh.state_bytes())
+        for model in (fresh.model, restored.model):
+            seen = []
+            conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+            hook = conv.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+            logits = model(fresh.data.x_test[:4])
+            hook.remove()
+            assert seen == [torch.bfloat16 if arch == "alexnet" else torch.float32], arch
+            assert logits.dtype == torch.float32
+            assert all(t.dtype == torch.float32 for t in model.state_dict().values() if t.is_floating_point())
+        np.testing.assert_array_equal(restored.predict(align_seed=1), fresh.predict(align_seed=1))
+
+
+def test_bfloat16_names_only_architectures_and_warns_where_it_is_emulated():
+    with pytest.raises(ConfigError, match="model.bfloat16: unknown architecture 'vgg'"):
+        load_config(["model.bfloat16=[lenet,vgg]"])
+    cfg = load_config(["model.bfloat16=[alexnet,lenet]"])
+    assert learner.bfloat16_warning(cfg, on_gpu=False, cpu_units="") is not None
+    assert "model.bfloat16=alexnet,lenet" in learner.bfloat16_warning(cfg, on_gpu=False, cpu_units="")
+    assert learner.bfloat16_warning(cfg, on_gpu=False, cpu_units="amx_bf16") is None
+    assert learner.bfloat16_warning(cfg, on_gpu=True, cpu_units="") is None
+    assert learner.bfloat16_warning(load_config([]), on_gpu=False, cpu_units="") is None  # off by default
+
+
 def test_state_size_estimates_what_a_client_saves(tmp_path, monkeypatch):
     """learner.state_size (the disk-room check before a run) against the bytes a trained client really saves."""
     archs = "model.architectures=[lenet,alexnet,resnet18,shufflenetv2]"

@@ -97,7 +97,7 @@ def test_the_quick_preset_is_the_configuration_its_figures_were_measured_with():
     records = sorted((Path(__file__).parents[1] / "docs" / "runs" / "scarce_pretrained").glob("*/config.json"))
     assert len(records) >= 9, "three arms, three seeds at least"
     for record in records:
-        ran = flatten(json.loads(record.read_text()))
+        ran = flatten(config.recorded_config(json.loads(record.read_text()))[0].to_dict())  # keys added since: as then
         preset = flatten(load_config(["experiment=quick", f"algorithm={ran['algorithm.name']}",
                                       f"seed={ran['seed']}"]).to_dict())
         differ = {key for key in preset.keys() | ran.keys() if preset.get(key) != ran.get(key)}

@@ -40,7 +40,7 @@ LR_POLICIES = ("constant", "plateau", "cosine")
 
 # Keys whose default differs from what fedkt did before the key existed. A run recorded without one of them resumes
 # with the value that reproduces what it ran, not with today's default (which would change its arithmetic midway).
-BEFORE_THE_KEY = {"model.channels_last": "", "algorithm.coef_tol": 0.0, "algorithm.distill_lr_policy": "fixed"}
+BEFORE_THE_KEY = {"model.channels_last": "", "model.bfloat16": "", "algorithm.coef_tol": 0.0, "algorithm.distill_lr_policy": "fixed"}
 
 
 class ConfigError(ValueError):
@@ -83,6 +83,7 @@ class ModelConfig:
     norm: str = _one_of(*NORMS)
     stem: str = _one_of(*STEMS)
     channels_last: str = field()  # "a,b,...": architectures whose convolutions run channels-last; "" = none
+    bfloat16: str = field()  # "a,b,...": architectures whose forward pass runs under bfloat16 autocast; "" = none
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,11 @@ class RunConfig:
         """The architectures that run channels-last (model.channels_last; checked by build_config)."""
         return frozenset(name.strip() for name in self.model.channels_last.split(",") if name.strip())
 
+    @property
+    def bfloat16(self) -> frozenset[str]:
+        """The architectures whose forward pass runs under bfloat16 autocast (model.bfloat16)."""
+        return frozenset(name.strip() for name in self.model.bfloat16.split(",") if name.strip())
+
     def to_dict(self) -> dict:
         """The nested dict of scalars (what config.json holds)."""
         return dataclasses.asdict(self)
@@ -232,7 +238,7 @@ def _convert(key: str, value, kind: type):
         return kind(value)
     if isinstance(value, dict):
         raise ConfigError(f"{key} must be a single value, not a group of keys")
-    if key in ("model.architectures", "model.channels_last") and isinstance(value, (list, tuple)):  # Hydra's [a,b]
+    if key in ("model.architectures", "model.channels_last", "model.bfloat16") and isinstance(value, (list, tuple)):
         return ",".join(str(a).strip() for a in value)
     if isinstance(value, (list, tuple)):
         raise ConfigError(f"{key}={value!r} must be a single value, not a list")
@@ -370,10 +376,11 @@ def _check_rules(cfg: RunConfig) -> None:
     """The rules that tie several keys together, and the values no single rule above covers."""
     archs = cfg.architectures
     algo = cfg.algorithm
-    unknown = sorted(cfg.channels_last - set(ARCHITECTURES))
-    if unknown:
-        raise ConfigError(f"model.channels_last: unknown architecture '{unknown[0]}'; give a comma-separated list of "
-                          f"{', '.join(ARCHITECTURES)}, or \"\" for none")
+    for key, named in (("model.channels_last", cfg.channels_last), ("model.bfloat16", cfg.bfloat16)):
+        unknown = sorted(named - set(ARCHITECTURES))
+        if unknown:
+            raise ConfigError(f"{key}: unknown architecture '{unknown[0]}'; give a comma-separated list of "
+                              f"{', '.join(ARCHITECTURES)}, or \"\" for none")
     if algo.name == "fedavg" and len(set(archs)) > 1:
         raise ConfigError(
             f"algorithm.name=fedavg averages one model's parameters, but model.architectures="

@@ -33,7 +33,7 @@ from fedkt.config import ConfigError, RunConfig, flatten
 from fedkt.core import alignment_indices, shift_targets, soft_predictions
 from fedkt.data import cache_root
 from fedkt.files import write_atomic
-from fedkt.models import build_model, load_model_arrays, model_arrays, to_channels_last
+from fedkt.models import build_model, load_model_arrays, model_arrays, to_bfloat16_autocast, to_channels_last
 from fedkt.partition import majority_share
 from fedkt.task import client_data, load_federation, public_data
 from fedkt.train import (LRPolicy, distill, make_optimizer, pick_device, predict_logits, set_threads,
@@ -74,6 +74,15 @@ def validation_readers(cfg: RunConfig) -> list[str]:
     cannot run them)."""
     return [key for key, on in (("client.lr_policy=plateau", cfg.client.lr_policy == "plateau"),
                                 ("client.distill_guard=val", cfg.client.distill_guard == "val")) if on]
+
+
+def bfloat16_warning(cfg: RunConfig, on_gpu: bool, cpu_units: str) -> str | None:
+    """The warning for model.bfloat16 on a CPU without bfloat16 units, where autocast emulates it, slower than
+    float32; None when the option is off, the clients run on a GPU, or the CPU has the units."""
+    if not cfg.bfloat16 or on_gpu or cpu_units:
+        return None
+    return (f"model.bfloat16={cfg.model.bfloat16}: this CPU has no bfloat16 units (amx_bf16, avx512_bf16), so those "
+            f"models' passes are emulated and slower than in float32; model.bfloat16=\"\" turns it off")
 
 
 def no_validation_advice(cfg: RunConfig, readers: list[str]) -> str:
@@ -165,7 +174,9 @@ class Learner:
             if left:
                 raise ValueError(f"saved state of client {self.partition_id} lacks {', '.join(left[:3])}")
         model = model.to(self.device)
-        return to_channels_last(model) if self.architecture in self.cfg.channels_last else model
+        if self.architecture in self.cfg.channels_last:
+            model = to_channels_last(model)
+        return to_bfloat16_autocast(model) if self.architecture in self.cfg.bfloat16 else model
 
     @property
     def num_train(self) -> int:

@@ -31,8 +31,9 @@ from fedkt.client_app import make_client_app
 from fedkt.config import (CONF_DIR, ConfigError, RunConfig, build_config, check_ray_resources, check_server_device,
                           gpus_per_client, recorded_config, synthetic_data_note)
 from fedkt.data import DataError
-from fedkt.learner import (FEW_PRIVATE_STEPS, few_steps_warning, no_validation_advice, private_steps, state_size,
-                           validation_readers)
+from fedkt.learner import (FEW_PRIVATE_STEPS, bfloat16_warning, few_steps_warning, no_validation_advice, private_steps,
+                           state_size, validation_readers)
+from fedkt.models import cpu_bfloat16_units
 from fedkt.results import RunRecorder, dump_json, read_checkpoint
 from fedkt.server_app import run_and_record
 from fedkt.strategy import FederationError
@@ -106,6 +107,9 @@ def run(cfg: dict | RunConfig, run_dir: str | Path) -> dict:
     check_server_device(cfg, torch.cuda.is_available())
     if synthetic_data_note(cfg):
         log.warning("%s", synthetic_data_note(cfg))
+    slow = bfloat16_warning(cfg, torch.cuda.is_available() and cfg.client.device != "cpu", cpu_bfloat16_units())
+    if slow:
+        log.warning("%s", slow)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = cfg.replace(run_dir=str(run_dir.resolve()))

@@ -135,14 +135,21 @@ def test_channels_last_clients_keep_their_layout_and_figures_across_messages(tmp
                       run_dir=str(tmp_path))
     assert cfg.channels_last == {"lenet", "shufflenetv2"}
     monkeypatch.setenv("FEDKT_CACHE", str(tmp_path / "cache"))
+    for arch, fresh, restored in fresh_and_restored(cfg):
+        for model in (fresh.model, restored.model):
+            conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+            assert conv.weight.is_contiguous(memory_format=torch.channels_last) == (arch in cfg.channels_last), arch
+
+
+def fresh_and_restored(cfg):
+    """Per client: its architecture, a warmed-up Learner and one restored from its saved state (what every later
+    message builds), after checking that both predict the same."""
     for pid, arch in enumerate(cfg.architectures):
         fresh = learner.Learner(cfg, pid)
         fresh.warm_up(seed=3)
         restored = learner.Learner(cfg, pid, fresh.state_bytes())
-        for model in (fresh.model, restored.model):
-            conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
-            assert conv.weight.is_contiguous(memory_format=torch.channels_last) == (arch in cfg.channels_last), arch
         np.testing.assert_array_equal(restored.predict(align_seed=1), fresh.predict(align_seed=1))
+        yield arch, fresh, restored
 
 
 def test_channels_last_names_only_architectures():
@@ -159,10 +166,7 @@ def test_bfloat16_clients_compute_in_bfloat16_and_keep_float32_weights_across_me
     cfg = load_config(["experiment=smoke", archs, "num_clients=2", "model.bfloat16=[alexnet]"], run_dir=str(tmp_path))
     assert cfg.bfloat16 == {"alexnet"}
     monkeypatch.setenv("FEDKT_CACHE", str(tmp_path / "cache"))
-    for pid, arch in enumerate(cfg.architectures):
-        fresh = learner.Learner(cfg, pid)
-        fresh.warm_up(seed=3)
-        restored = learner.Learner(cfg, pid, fresh.state_bytes())
+    for arch, fresh, restored in fresh_and_restored(cfg):
         for model in (fresh.model, restored.model):
             seen = []
             conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
@@ -172,7 +176,6 @@ def test_bfloat16_clients_compute_in_bfloat16_and_keep_float32_weights_across_me
             assert seen == [torch.bfloat16 if arch == "alexnet" else torch.float32], arch
             assert logits.dtype == torch.float32
             assert all(t.dtype == torch.float32 for t in model.state_dict().values() if t.is_floating_point())
-        np.testing.assert_array_equal(restored.predict(align_seed=1), fresh.predict(align_seed=1))
 
 
 def test_bfloat16_names_only_architectures_and_warns_where_it_is_emulated():

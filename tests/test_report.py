@@ -498,3 +498,40 @@ def test_runs_recorded_without_majority_shares_say_how_to_get_them(tmp_path, cap
         report = write_report([tmp_path], data_root="anywhere")
     assert report.runs[0].majority_shares == {}
     assert "is not the one in its partition.json" in caplog.text
+
+
+def test_paired_differences_between_the_values_of_a_setting_key(tmp_path, capsys):
+    """--pair KEY: one value of a setting minus another on the same seed, per algorithm, and per architecture."""
+    finals = {("batch", "local"): (0.40, 0.44, 0.41), ("none", "local"): (0.38, 0.40, 0.40),
+              ("batch", "ktpfl"): (0.45, 0.47, 0.46), ("none", "ktpfl"): (0.45, 0.45, 0.46)}
+    for (norm, algorithm), by_seed in finals.items():
+        for seed, final in enumerate(by_seed):
+            fake_run(tmp_path / f"{norm}_{algorithm}_s{seed}", algorithm, seed=seed, history=(0.3, final), norm=norm)
+    assert main([str(tmp_path), "--out", str(tmp_path / "r"), "--pair", "model.norm"]) == 0
+    report = write_report([tmp_path], tmp_path / "r", pair_key="model.norm")
+    pairs = {p.setting: p for p in report.paired_settings}
+    assert set(pairs) == {"local", "ktpfl"}
+    for algorithm, pair in pairs.items():
+        assert (pair.a, pair.b, pair.seeds) == ("model.norm=batch", "model.norm=none", [0, 1, 2])
+        assert pair.diffs == pytest.approx(np.subtract(finals[("batch", algorithm)], finals[("none", algorithm)]))
+    assert {p.architecture for p in report.paired_settings_architectures} == set(ARCHS)
+    assert "| type1 | local | — | model.norm=batch − model.norm=none | 3 | +2.33 |" in report.markdown.read_text()
+    assert "model.norm=batch − model.norm=none" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert saved["pair_key"] == "model.norm" and len(saved["paired_settings"]) == 2 + 2 * len(ARCHS)
+    with pytest.raises(ValueError, match="--pair client.lr: not a key whose value differs"):
+        write_report([tmp_path], tmp_path / "r", pair_key="client.lr")
+
+
+def test_a_key_added_after_older_runs_counts_as_what_they_did(tmp_path):
+    """Runs recorded before model.bfloat16 existed ran in float32: they are the model.bfloat16="" setting, paired
+    against runs that set it, not pooled with them."""
+    for seed in (0, 1):
+        fake_run(tmp_path / f"old_s{seed}", "local", seed=seed, history=(0.3, 0.40 + seed / 100))
+        fake_run(tmp_path / f"new_s{seed}", "local", seed=seed, history=(0.3, 0.42 + seed / 100),
+                 extra={"model": {"bfloat16": "alexnet,lenet"}})
+    report = write_report([tmp_path], pair_key="model.bfloat16")
+    assert report.setting_keys == ["model.bfloat16"] and len(report.groups) == 2
+    (pair,) = report.paired_settings
+    assert (pair.a, pair.b) == ('model.bfloat16=""', "model.bfloat16=alexnet,lenet")
+    assert pair.diffs == pytest.approx([-0.02, -0.02])

@@ -2,7 +2,7 @@
 
     python -m fedkt.report outputs/multirun/2026-11-25_16-00-00            # -> report.md + figures there
     python -m fedkt.report RUN_A RUN_B SWEEP_C --out /tmp/report [--run-figures] [--x data.samples_per_client]
-                           [--data ../shared/data/cifar10-jpeg.tar.gz]
+                           [--pair model.norm] [--data ../shared/data/cifar10-jpeg.tar.gz]
 
 Every directory holding both config.json and summary.json (see fedkt.results) below the given paths is a run.
 report.md holds:
@@ -26,6 +26,10 @@ report.md holds:
   minus the other on the same seed (same shards), as mean over the matching seeds with a 95 % confidence
   interval (Student t, n-1 degrees of freedom), and a verdict: one arm ahead when the interval excludes zero,
   else "level"; where the runs federate several architectures, the same per architecture (its clients only);
+- with `--pair KEY` (a setting key, e.g. model.norm): the same paired differences between the key's values instead
+  of between algorithms (one value minus another on the same seed, per algorithm and the rest of the setting, and
+  per architecture). A key added to fedkt after some runs were recorded counts, for those runs, as the value that
+  reproduces what they did (fedkt.config.BEFORE_THE_KEY), so they are paired with runs that set it otherwise;
 - with `--x KEY` (any swept config key, e.g. data.samples_per_client), sweep_<partition>.png: final accuracy of
   each algorithm against KEY (mean over seeds, 95 % interval), and beside it the paired gains against KEY;
 - the runs table: one row per run with its status, rounds, final accuracy, wall time and bytes;
@@ -61,7 +65,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedkt.config import ConfigError, flatten, recorded_architectures, recorded_config
+from fedkt.config import BEFORE_THE_KEY, ConfigError, flatten, recorded_architectures, recorded_config
 from fedkt.data import DataError
 from fedkt.files import write_atomic
 from fedkt.partition import Partition
@@ -310,6 +314,35 @@ def paired_differences(groups: list[Group], architecture: str = "") -> list[Pair
     return pairs
 
 
+def paired_by_key(groups: list[Group], key: str, architecture: str = "") -> list[Paired]:
+    """Every pair of values of one setting key (e.g. model.norm=batch against none), per partition, algorithm and
+    the rest of the setting, over the seeds both have: the paired differences between settings that
+    paired_differences gives between algorithms. `a` and `b` name the values; `setting` the algorithm and the rest."""
+    def final(run: Run) -> float:
+        return run.architecture_finals.get(architecture, math.nan) if architecture else run.final
+
+    def rest(setting: str) -> str:
+        return ", ".join(part for part in setting.split(", ") if part and not part.startswith(f"{key}="))
+
+    cells: dict[tuple, dict[str, dict]] = {}
+    for g in groups:
+        value = canonical(g.runs[0].flat.get(key, _MISSING))
+        label = f"{key}={value}" if value != "" else f'{key}=""'
+        finals = {r.seed: final(r) for r in g.runs if math.isfinite(final(r))}
+        cells.setdefault((g.partition, g.algorithm, rest(g.setting)), {})[label] = finals
+    pairs = []
+    for (partition, algorithm, other), by_value in cells.items():
+        names = sorted(by_value, key=natural_key)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                seeds = sorted(set(by_value[a]) & set(by_value[b]), key=lambda s: natural_key(str(s)))
+                if seeds:
+                    setting = ", ".join(filter(None, [algorithm, other]))
+                    pairs.append(Paired(partition, setting, a, b, seeds,
+                                        np.array([by_value[a][s] - by_value[b][s] for s in seeds]), architecture))
+    return pairs
+
+
 def paired_by_architecture(groups: list[Group]) -> list[Paired]:
     """paired_differences per architecture, where the runs federate more than one (a gain on the mean can hide
     an architecture that loses); [] otherwise."""
@@ -329,6 +362,9 @@ class Report:
     setting_keys: list[str]
     paired: list[Paired] = field(default_factory=list)
     paired_architectures: list[Paired] = field(default_factory=list)
+    pair_key: str | None = None
+    paired_settings: list[Paired] = field(default_factory=list)  # between the values of pair_key, all clients
+    paired_settings_architectures: list[Paired] = field(default_factory=list)  # the same per architecture
 
 
 # -----------------------------------------------------------------------------
@@ -374,7 +410,9 @@ def load_run(path: Path, roots: list[Path]) -> Run:
         summary = {"status": "unreadable", "error": "summary.json missing or not valid JSON"}
     run = Run(path=path, label=_label(path, roots), config=config if isinstance(config, dict) else {},
               summary=summary)
-    run.flat = flatten(run.config)
+    # a key added after the run was recorded takes the value that reproduces what it did, so that its runs and
+    # runs that set the key otherwise are two settings (model.bfloat16="" before the key, [alexnet] after)
+    run.flat = {**{k: v for k, v in BEFORE_THE_KEY.items()}, **flatten(run.config)} if run.config else {}
     return run
 
 
@@ -663,6 +701,7 @@ def _points(value) -> str:
 
 def paired_table(paired: list[Paired], with_setting: bool) -> list[str]:
     by_arch = any(p.architecture for p in paired)
+    with_setting = with_setting or any(p.setting for p in paired)
     header = ["partition"] + (["setting"] if with_setting else []) + (["architecture"] if by_arch else []) + [
         "difference", "n", "mean (points)", "95 % CI (points)", "verdict", "seeds"]
     rows = []
@@ -797,6 +836,12 @@ def render_markdown(report: Report, paths) -> str:
                   "The same paired differences on each architecture's clients only (their mean final test "
                   "accuracy within a run): a gain on the mean over all clients can hide an architecture that "
                   "loses.", ""] + paired_table(report.paired_architectures, with_setting)
+    if report.pair_key:
+        lines += ["", f"### Paired differences between settings: `{report.pair_key}`", "",
+                  f"Final mean test accuracy with one value of `{report.pair_key}` minus another, on the same seed, "
+                  "for each algorithm and the rest of the setting, then per architecture; points, 95 % CI.", ""]
+        lines += (paired_table(report.paired_settings + report.paired_settings_architectures, True)
+                  if report.paired_settings else [f"No seed was run with two values of `{report.pair_key}`."])
     lines += ["", "## Runs left out", ""] + excluded_lines(runs)
     curves = [f for f in report.figures if f.name.startswith(("curves_", "seeds_"))]
     if curves:
@@ -820,10 +865,19 @@ def groups_runs(groups: list[Group]) -> list[Run]:
     return [r for g in groups for r in g.runs]
 
 
-def report_json(report: Report) -> dict:
-    def number(v):
-        return v if v is not None and math.isfinite(v) else None
+def _number(v):
+    return v if v is not None and math.isfinite(v) else None
 
+
+def paired_json(p: Paired, with_architecture: bool = True) -> dict:
+    return {"partition": p.partition, "setting": p.setting,
+            **({"architecture": p.architecture} if with_architecture else {}), "a": p.a, "b": p.b, "n": p.n,
+            "seeds": p.seeds, "diffs": [_number(d) for d in p.diffs], "mean": _number(p.mean),
+            "ci95_half_width": _number(p.half_width), "verdict": p.verdict, "same_on_every_seed": p.no_spread}
+
+
+def report_json(report: Report) -> dict:
+    number = _number
     return {
         "setting_keys": report.setting_keys,
         "groups": [{"partition": g.partition, "algorithm": g.algorithm, "setting": g.setting, "n": g.n,
@@ -834,15 +888,10 @@ def report_json(report: Report) -> dict:
                     "architecture_means": {a: number(g.architecture_mean(a))
                                            for a in dict.fromkeys(a for r in g.runs for a in r.architecture_finals)}}
                    for g in report.groups],
-        "paired": [{"partition": p.partition, "setting": p.setting, "a": p.a, "b": p.b, "n": p.n,
-                    "seeds": p.seeds, "diffs": [number(d) for d in p.diffs], "mean": number(p.mean),
-                    "ci95_half_width": number(p.half_width), "verdict": p.verdict,
-                    "same_on_every_seed": p.no_spread} for p in report.paired],
-        "paired_by_architecture": [
-            {"partition": p.partition, "setting": p.setting, "architecture": p.architecture, "a": p.a, "b": p.b,
-             "n": p.n, "seeds": p.seeds, "diffs": [number(d) for d in p.diffs], "mean": number(p.mean),
-             "ci95_half_width": number(p.half_width), "verdict": p.verdict, "same_on_every_seed": p.no_spread}
-            for p in report.paired_architectures],
+        "paired": [paired_json(p, with_architecture=False) for p in report.paired],
+        "paired_by_architecture": [paired_json(p) for p in report.paired_architectures],
+        "pair_key": report.pair_key,
+        "paired_settings": [paired_json(p) for p in report.paired_settings + report.paired_settings_architectures],
         "clients_against_majority_share": floor_rows(report.groups),
         "runs": [{"run": r.label, "path": str(r.path), "algorithm": r.algorithm, "partition": r.partition,
                   "seed": r.seed, "setting": r.setting, "status": r.status, "error": r.error,
@@ -858,7 +907,7 @@ def report_json(report: Report) -> dict:
 # entry points
 
 def write_report(paths, out_dir=None, run_figures: bool = False, x_key: str | None = None,
-                 data_root=None) -> Report:
+                 data_root=None, pair_key: str | None = None) -> Report:
     """Find the runs under paths, write report.md, report.json and curves_<partition>.png (and, with x_key,
     sweep_<partition>.png) into out_dir (default: the first path); returns what it wrote. With data_root, runs
     that did not record their clients' majority shares get them from that data set (shares_from_data). Raises
@@ -886,6 +935,9 @@ def write_report(paths, out_dir=None, run_figures: bool = False, x_key: str | No
     paired = paired_differences(groups)
     if x_key and not any(x_key in r.flat for r in runs):
         raise ValueError(f"--x {x_key}: no run's config has that key; keys that vary: {', '.join(keys) or 'none'}")
+    if pair_key and pair_key not in keys:
+        raise ValueError(f"--pair {pair_key}: not a key whose value differs between the runs; keys that do: "
+                         f"{', '.join(keys) or 'none'}")
     figures: list[Path] = []
     try:
         figures += plot_curves(runs, groups, out)
@@ -898,7 +950,13 @@ def write_report(paths, out_dir=None, run_figures: bool = False, x_key: str | No
         for run in runs:
             figures += write_run_figures(run.path, out / "runs" / _safe(run.label.replace(os.sep, "__")))
     report = Report(out_dir=out, markdown=out / "report.md", runs=runs, groups=groups, figures=figures,
-                    setting_keys=keys, paired=paired, paired_architectures=paired_by_architecture(groups))
+                    setting_keys=keys, paired=paired, paired_architectures=paired_by_architecture(groups),
+                    pair_key=pair_key)
+    if pair_key:
+        report.paired_settings = paired_by_key(groups, pair_key)
+        archs = list(dict.fromkeys(a for g in groups for r in g.runs for a in r.architecture_finals))
+        if len(archs) > 1:
+            report.paired_settings_architectures = [p for a in archs for p in paired_by_key(groups, pair_key, a)]
     write_atomic(report.markdown, render_markdown(report, paths))
     write_atomic(out / "report.json", json.dumps(report_json(report), indent=2, default=str))
     return report
@@ -941,19 +999,24 @@ def main(argv=None) -> int:
     parser.add_argument("--x", dest="x_key", default=None, metavar="KEY",
                         help="a swept config key (e.g. data.samples_per_client): also draw accuracy and paired gain "
                              "against it (sweep_<partition>.png)")
+    parser.add_argument("--pair", dest="pair_key", default=None, metavar="KEY",
+                        help="a config key whose value differs between the runs (e.g. model.norm): also give the "
+                             "paired differences between its values, seed by seed, per algorithm and architecture")
     parser.add_argument("--data", dest="data_root", default=None, metavar="ROOT",
                         help="the data set the runs used: computes each client's majority-class share for runs "
                              "recorded without it (fedkt before 2026-12-02)")
     args = parser.parse_args(argv)
     try:
         report = write_report(args.paths, args.out, run_figures=args.run_figures, x_key=args.x_key,
-                              data_root=args.data_root)
+                              data_root=args.data_root, pair_key=args.pair_key)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print("\n".join(mean_table(report.groups, bool(report.setting_keys))) if report.groups else "no completed run")
     if report.paired:
         print("\n".join(paired_table(report.paired, bool(report.setting_keys))))
+    if report.paired_settings:
+        print("\n".join(paired_table(report.paired_settings, True)))
     floor = floor_table(report.groups, bool(report.setting_keys))
     if floor:
         print("\n".join(floor))

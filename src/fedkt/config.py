@@ -40,7 +40,8 @@ LR_POLICIES = ("constant", "plateau", "cosine")
 
 # Keys whose default differs from what fedkt did before the key existed. A run recorded without one of them resumes
 # with the value that reproduces what it ran, not with today's default (which would change its arithmetic midway).
-BEFORE_THE_KEY = {"model.channels_last": "", "model.bfloat16": "", "algorithm.coef_tol": 0.0, "algorithm.distill_lr_policy": "fixed"}
+BEFORE_THE_KEY = {"model.channels_last": "", "model.bfloat16": "", "algorithm.coef_tol": 0.0,
+                  "algorithm.distill_lr_policy": "fixed"}
 
 
 class ConfigError(ValueError):

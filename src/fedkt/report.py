@@ -290,12 +290,17 @@ class Paired:
         return "level"
 
 
+def run_final(run: Run, architecture: str = "") -> float:
+    """The run's final mean test accuracy, or that of one architecture's clients (NaN where it lacks them)."""
+    return run.architecture_finals.get(architecture, math.nan) if architecture else run.final
+
+
 def paired_differences(groups: list[Group], architecture: str = "") -> list[Paired]:
     """Every pair of algorithms run in the same partition and setting, over the seeds both have (a seed run
     twice counts once: its last run in path order). With `architecture`, the difference of that architecture's
     clients' final accuracy, over the seeds where both runs have it."""
     def final(run: Run) -> float:
-        return run.architecture_finals.get(architecture, math.nan) if architecture else run.final
+        return run_final(run, architecture)
 
     cells: dict[tuple, dict[str, Group]] = {}
     for g in groups:
@@ -319,7 +324,7 @@ def paired_by_key(groups: list[Group], key: str, architecture: str = "") -> list
     the rest of the setting, over the seeds both have: the paired differences between settings that
     paired_differences gives between algorithms. `a` and `b` name the values; `setting` the algorithm and the rest."""
     def final(run: Run) -> float:
-        return run.architecture_finals.get(architecture, math.nan) if architecture else run.final
+        return run_final(run, architecture)
 
     def rest(setting: str) -> str:
         return ", ".join(part for part in setting.split(", ") if part and not part.startswith(f"{key}="))
@@ -343,13 +348,14 @@ def paired_by_key(groups: list[Group], key: str, architecture: str = "") -> list
     return pairs
 
 
-def paired_by_architecture(groups: list[Group]) -> list[Paired]:
-    """paired_differences per architecture, where the runs federate more than one (a gain on the mean can hide
-    an architecture that loses); [] otherwise."""
+def paired_by_architecture(groups: list[Group], key: str | None = None) -> list[Paired]:
+    """paired_differences (with `key`: paired_by_key) per architecture, where the runs federate more than one (a
+    gain on the mean can hide an architecture that loses); [] otherwise."""
     archs = list(dict.fromkeys(a for g in groups for r in g.runs for a in r.architecture_finals))
     if len(archs) < 2:
         return []
-    return [p for arch in archs for p in paired_differences(groups, arch)]
+    return [p for arch in archs
+            for p in (paired_by_key(groups, key, arch) if key else paired_differences(groups, arch))]
 
 
 @dataclass
@@ -412,7 +418,7 @@ def load_run(path: Path, roots: list[Path]) -> Run:
               summary=summary)
     # a key added after the run was recorded takes the value that reproduces what it did, so that its runs and
     # runs that set the key otherwise are two settings (model.bfloat16="" before the key, [alexnet] after)
-    run.flat = {**{k: v for k, v in BEFORE_THE_KEY.items()}, **flatten(run.config)} if run.config else {}
+    run.flat = {**BEFORE_THE_KEY, **flatten(run.config)} if run.config else {}
     return run
 
 
@@ -924,10 +930,6 @@ def write_report(paths, out_dir=None, run_figures: bool = False, x_key: str | No
         out = out.parent
     out.mkdir(parents=True, exist_ok=True)
     runs = [load_run(d, roots) for d in dirs]
-    if data_root is not None:
-        for run in runs:
-            if run.client_finals and not run.majority_shares:
-                run.rebuilt_shares = shares_from_data(run, data_root)
     keys = setting_keys(runs)
     for run in runs:
         run.setting = ", ".join(f"{k}={canonical(run.flat.get(k, _MISSING))}" for k in keys)
@@ -938,6 +940,10 @@ def write_report(paths, out_dir=None, run_figures: bool = False, x_key: str | No
     if pair_key and pair_key not in keys:
         raise ValueError(f"--pair {pair_key}: not a key whose value differs between the runs; keys that do: "
                          f"{', '.join(keys) or 'none'}")
+    if data_root is not None:  # after the checks above: rebuilding partitions reads the data set
+        for run in runs:
+            if run.client_finals and not run.majority_shares:
+                run.rebuilt_shares = shares_from_data(run, data_root)
     figures: list[Path] = []
     try:
         figures += plot_curves(runs, groups, out)
@@ -954,9 +960,7 @@ def write_report(paths, out_dir=None, run_figures: bool = False, x_key: str | No
                     pair_key=pair_key)
     if pair_key:
         report.paired_settings = paired_by_key(groups, pair_key)
-        archs = list(dict.fromkeys(a for g in groups for r in g.runs for a in r.architecture_finals))
-        if len(archs) > 1:
-            report.paired_settings_architectures = [p for a in archs for p in paired_by_key(groups, pair_key, a)]
+        report.paired_settings_architectures = paired_by_architecture(groups, pair_key)
     write_atomic(report.markdown, render_markdown(report, paths))
     write_atomic(out / "report.json", json.dumps(report_json(report), indent=2, default=str))
     return report

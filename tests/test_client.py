@@ -141,6 +141,20 @@ def test_channels_last_clients_keep_their_layout_and_figures_across_messages(tmp
             assert conv.weight.is_contiguous(memory_format=torch.channels_last) == (arch in cfg.channels_last), arch
 
 
+def test_skip_padding_taps_clients_keep_it_across_messages(tmp_path, monkeypatch):
+    """model.skip_padding_taps: every zero-padded convolution of a client, fresh or restored from its saved state,
+    computes only its live taps; off, none does."""
+    base = ["experiment=smoke", "model.architectures=[resnet18]", "num_clients=1", "model.stem=imagenet"]
+    monkeypatch.setenv("FEDKT_CACHE", str(tmp_path / "cache"))
+    for on in (True, False):
+        cfg = load_config([*base, f"model.skip_padding_taps={str(on).lower()}"], run_dir=str(tmp_path / str(on)))
+        for _, fresh, restored in fresh_and_restored(cfg):
+            for model in (fresh.model, restored.model):
+                padded = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and any(m.padding)]
+                skipping = [m for m in padded if "forward" in vars(m)]  # an instance forward: _forward_live_taps
+                assert len(padded) == 17 and len(skipping) == (17 if on else 0)
+
+
 def fresh_and_restored(cfg):
     """Per client: its architecture, a warmed-up Learner and one restored from its saved state (what every later
     message builds), after checking that both predict the same."""

@@ -6,7 +6,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fedkt.models import ARCHITECTURES, NORMS, STEMS, build_model, count_parameters, to_channels_last
+from fedkt import models
+from fedkt.models import (ARCHITECTURES, NORMS, STEMS, build_model, count_parameters, live_taps, skip_padding_taps,
+                          to_channels_last)
 
 
 def _forward(model, x):
@@ -191,3 +193,64 @@ def test_channels_last_is_the_same_function_in_another_layout(arch):
     torch.testing.assert_close(_forward(fast, x), expected, rtol=1e-4, atol=1e-5)
     handle.remove()
     assert seen == [True]
+
+
+def test_live_taps_hold_every_tap_that_reads_the_input():
+    """Against enumerating every output position and tap: the range holds them all, and no more at stride 1."""
+    for size, kernel, stride, padding in itertools.product(range(1, 7), range(1, 6), range(1, 4), range(0, 4)):
+        out = (size + 2 * padding - kernel) // stride + 1
+        if out < 1:
+            continue
+        live = [j for j in range(kernel) if any(0 <= o * stride - padding + j < size for o in range(out))]
+        first, last, got_out = live_taps(size, kernel, stride, padding)
+        assert got_out == out and all(first <= j <= last for j in live), (size, kernel, stride, padding)
+        if stride == 1:
+            assert (first, last) == (live[0], live[-1]), (size, kernel, padding)
+
+
+@pytest.mark.parametrize("size,kernel,stride,padding,groups", [
+    (1, 3, 1, 1, 1), (2, 3, 2, 1, 1), (2, 3, 1, 1, 4), (1, 3, 2, 1, 4), (3, 5, 1, 2, 1), (2, 5, 2, 2, 2),
+    (1, 7, 2, 3, 1), (4, 3, 1, 1, 1), (5, 3, 2, 1, 2)])
+def test_skipping_padding_taps_is_the_same_convolution_and_gradient(size, kernel, stride, padding, groups):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 4 * groups, kernel, stride=stride, padding=padding, groups=groups)
+    fast = skip_padding_taps(nn.Sequential(nn.Conv2d(8, 4 * groups, kernel, stride=stride, padding=padding,
+                                                     groups=groups)))[0]
+    fast.load_state_dict(conv.state_dict())
+    x = torch.randn(3, 8, size, size + 1)
+    xs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+    outs = [conv(xs[0]), fast(xs[1])]
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-6)
+    grad = torch.randn_like(outs[0])
+    outs[0].backward(grad)
+    outs[1].backward(grad)
+    for a, b in ((conv.weight.grad, fast.weight.grad), (conv.bias.grad, fast.bias.grad), (xs[0].grad, xs[1].grad)):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    first_h, last_h, _ = live_taps(size, kernel, stride, padding)
+    dead = torch.ones(kernel, dtype=torch.bool)
+    dead[first_h:last_h + 1] = False
+    assert torch.all(fast.weight.grad[:, :, dead, :] == 0)  # the dropped taps get exactly no gradient
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "shufflenetv2"])
+def test_skipping_padding_taps_in_the_imagenet_stem_models(arch, monkeypatch):
+    """ResNet-18's and ShuffleNetV2's last stage runs on 1x1 and 2x2 maps with the ImageNet stem at 32x32: those
+    convolutions run smaller kernels, the logits and the state_dict stay the same."""
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=10, norm="batch", stem="imagenet")
+    x = torch.randn(4, 3, 32, 32)
+    expected, keys = _forward(model, x), list(model.state_dict())
+    kernels = []
+    conv2d = models.F.conv2d
+    def spy(x, weight, *args):  # the whole kernels are the modules' Parameters, the smaller ones views of them
+        if not isinstance(weight, nn.Parameter):
+            kernels.append(tuple(weight.shape[2:]))
+        return conv2d(x, weight, *args)
+    monkeypatch.setattr(models.F, "conv2d", spy)
+    fast = skip_padding_taps(model)
+    torch.testing.assert_close(_forward(fast, x), expected, rtol=1e-4, atol=1e-5)
+    assert kernels == ([(2, 2)] * 2 + [(1, 1)] * 3 if arch == "shufflenetv2" else [(2, 2)] + [(1, 1)] * 3)
+    assert list(fast.state_dict()) == keys
+    kernels.clear()
+    _forward(fast, torch.randn(2, 3, 64, 64))  # larger images: every tap reads the input, nothing skipped
+    assert kernels == []

@@ -40,8 +40,8 @@ LR_POLICIES = ("constant", "plateau", "cosine")
 
 # Keys whose default differs from what fedkt did before the key existed. A run recorded without one of them resumes
 # with the value that reproduces what it ran, not with today's default (which would change its arithmetic midway).
-BEFORE_THE_KEY = {"model.channels_last": "", "model.bfloat16": "", "algorithm.coef_tol": 0.0,
-                  "algorithm.distill_lr_policy": "fixed"}
+BEFORE_THE_KEY = {"model.channels_last": "", "model.bfloat16": "", "model.skip_padding_taps": False,
+                  "algorithm.coef_tol": 0.0, "algorithm.distill_lr_policy": "fixed"}
 
 
 class ConfigError(ValueError):
@@ -85,6 +85,7 @@ class ModelConfig:
     stem: str = _one_of(*STEMS)
     channels_last: str = field()  # "a,b,...": architectures whose convolutions run channels-last; "" = none
     bfloat16: str = field()  # "a,b,...": architectures whose forward pass runs under bfloat16 autocast; "" = none
+    skip_padding_taps: bool = field()  # convolutions skip kernel taps that only read zero padding (same function)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,8 @@ from fedkt.config import ConfigError, RunConfig, flatten
 from fedkt.core import alignment_indices, shift_targets, soft_predictions
 from fedkt.data import cache_root
 from fedkt.files import write_atomic
-from fedkt.models import build_model, load_model_arrays, model_arrays, to_bfloat16_autocast, to_channels_last
+from fedkt.models import (build_model, load_model_arrays, model_arrays, skip_padding_taps, to_bfloat16_autocast,
+                          to_channels_last)
 from fedkt.partition import majority_share
 from fedkt.task import client_data, load_federation, public_data
 from fedkt.train import (LRPolicy, distill, make_optimizer, pick_device, predict_logits, set_threads,
@@ -176,6 +177,8 @@ class Learner:
         model = model.to(self.device)
         if self.architecture in self.cfg.channels_last:
             model = to_channels_last(model)
+        if self.cfg.model.skip_padding_taps:
+            model = skip_padding_taps(model)
         return to_bfloat16_autocast(model) if self.architecture in self.cfg.bfloat16 else model
 
     @property

@@ -1,5 +1,5 @@
-"""Cheaper CPU work per architecture: channels_last, bf16 autocast, torch.inference_mode, prediction batch size,
-torch.compile.
+"""Cheaper CPU work per architecture: channels_last, bf16 autocast, skipping padding taps, torch.inference_mode,
+prediction batch size, torch.compile.
 
     python bench/bench_cpu_options.py [--archs lenet,alexnet,resnet18,shufflenetv2] [--stem imagenet] [--norm none]
                                       [--threads 1] [--reps 5] [--compile] [--steps 20] [--distill-steps 5]
@@ -16,9 +16,11 @@ median from the same interleaved run: 0.90x means the option takes 90 % of the d
 says how much other processes took. Kinds and their defaults:
 
 - training: SGD step, cross-entropy, batch 32 -- default memory format vs channels_last (model and inputs), bf16
-  autocast (torch.autocast("cpu", torch.bfloat16)), and both; and what the per-sample augmentation
+  autocast (torch.autocast("cpu", torch.bfloat16)), and both; the convolutions computing only the kernel taps that
+  read the input (fedkt.models.skip_padding_taps: with the ImageNet stem, ResNet-18's and ShuffleNetV2's last
+  stage; identical to the default elsewhere); and what the per-sample augmentation
   (fedkt.train.augment_batch: random crop and flip, vectorized) adds to a step;
-- distillation: SGD step, KL to soft targets, batch 256 -- the same layout and bf16 variants;
+- distillation: SGD step, KL to soft targets, batch 256 -- the same layout, bf16 and padding-tap variants;
 - prediction: --samples images in eval mode -- torch.no_grad (today's fedkt.train._eval_mode) vs
   torch.inference_mode at batch 512, then batches 128 / 512 / 2048 (ratios to 512) in the faster mode;
 - compile (--compile): torch.compile(model) for the training step: compile seconds (first calls less as many eager
@@ -39,7 +41,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from fedkt.models import ARCHITECTURES, build_model, cpu_bfloat16_units
+from fedkt.models import ARCHITECTURES, build_model, cpu_bfloat16_units, skip_padding_taps
 from fedkt.train import augment_batch, distillation_loss, make_optimizer, set_threads, usable_cores
 
 NUM_CLASSES = 10
@@ -166,7 +168,7 @@ def autocast_bf16(step):
 
 def layout_ratios(base, make_step, inputs, steps, reps):
     """(default seconds per step, {variant: ratio to the default}) for the step made by make_step(model, *inputs):
-    channels_last, bf16 autocast, and both."""
+    channels_last, bf16 autocast, both, and skipping the kernel taps that only read padding."""
     last = lambda: as_channels_last(copy.deepcopy(base), *inputs[:1])  # noqa: E731
     last_model, *last_inputs = last()
     bf16_last_model, *bf16_last_inputs = last()
@@ -174,7 +176,8 @@ def layout_ratios(base, make_step, inputs, steps, reps):
         "default": make_step(copy.deepcopy(base), *inputs),
         "channels_last": make_step(last_model, *last_inputs, *inputs[1:]),
         "bf16": autocast_bf16(make_step(copy.deepcopy(base), *inputs)),
-        "bf16 + channels_last": autocast_bf16(make_step(bf16_last_model, *bf16_last_inputs, *inputs[1:]))},
+        "bf16 + channels_last": autocast_bf16(make_step(bf16_last_model, *bf16_last_inputs, *inputs[1:])),
+        "skip padding taps": make_step(skip_padding_taps(copy.deepcopy(base)), *inputs)},
         steps, reps)
     return medians["default"], {name: value / medians["default"] for name, value in medians.items()
                                 if name != "default"}

@@ -141,6 +141,9 @@ def test_report_numbers(sweep, tmp_path):
     data = json.loads((tmp_path / "out" / "report.json").read_text())
     md = report.markdown.read_text()
     assert data["setting_keys"] == []  # only seeds, algorithms, partitions and run_dir differ
+    # run paths relative to the report, like its figures: a committed report names no machine's directories
+    assert all(not Path(r["path"]).is_absolute() and (tmp_path / "out" / r["path"] / "summary.json").exists()
+               for r in data["runs"])
     groups = {(g["algorithm"], g["partition"]): g for g in data["groups"]}
     assert set(groups) == {(a, p) for a, p, _ in HISTORIES}  # the failed fedmd run makes no group
     for (algorithm, partition), g in groups.items():

@@ -899,7 +899,7 @@ def report_json(report: Report) -> dict:
         "pair_key": report.pair_key,
         "paired_settings": [paired_json(p) for p in report.paired_settings + report.paired_settings_architectures],
         "clients_against_majority_share": floor_rows(report.groups),
-        "runs": [{"run": r.label, "path": str(r.path), "algorithm": r.algorithm, "partition": r.partition,
+        "runs": [{"run": r.label, "path": os.path.relpath(r.path, report.out_dir), "algorithm": r.algorithm, "partition": r.partition,
                   "seed": r.seed, "setting": r.setting, "status": r.status, "error": r.error,
                   "included": r.included, "rounds_completed": r.summary.get("rounds_completed"),
                   "num_rounds": r.summary.get("num_rounds"), "final_mean_test_acc": number(r.final),

@@ -87,3 +87,21 @@ def test_restore_bench_prints_a_row_per_architecture():
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and line.endswith("x |")]
     assert [row.split("|")[1].strip() for row in rows] == ["lenet", "alexnet", "resnet18", "shufflenetv2"]
+
+
+def test_pretrain_variants_pairs_each_variant_with_the_first(tmp_path):
+    """scripts/pretrain_variants.py: LeNet has no padded convolution, so skipping padding taps moves nothing (a
+    difference of exactly zero), while another learning rate does move the pre-training."""
+    env = dict(os.environ, FEDKT_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(REPO / "src"))
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "pretrain_variants.py"), "--data", "unused",
+                           "--set", "experiment=smoke", "client.warmup_public_epochs=1",
+                           "--variant", "model.skip_padding_taps=false", "--variant", "model.skip_padding_taps=true",
+                           "--variant", "client.lr=0.2", "--seeds", "0,1", "--clients", "0"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines[:2]] == ["seed 0 client 0", "seed 1 client 0"]
+    assert lines[2] == ("model.skip_padding_taps=true − model.skip_padding_taps=false: mean +0.0 points over 2 "
+                        "pre-trainings (min +0.0, max +0.0, sd 0.0)")
+    assert lines[3].startswith("client.lr=0.2 − model.skip_padding_taps=false: mean ")
+    assert lines[3] != lines[2].replace("model.skip_padding_taps=true", "client.lr=0.2")

@@ -38,8 +38,9 @@ DISTILL_LOSSES = ("kl", "l1", "mse")
 TARGET_SHIFTS = ("none", "classes", "prior")
 LR_POLICIES = ("constant", "plateau", "cosine")
 
-# Keys whose default differs from what fedkt did before the key existed. A run recorded without one of them resumes
-# with the value that reproduces what it ran, not with today's default (which would change its arithmetic midway).
+# Keys added after runs were recorded, with the value that reproduces what fedkt did before the key existed. A run
+# recorded without one of them resumes with that value, not with today's default (which would change its arithmetic
+# midway), and fedkt.report counts it as that setting (so `--pair KEY` pairs old runs with new ones).
 BEFORE_THE_KEY = {"model.channels_last": "", "model.bfloat16": "", "model.skip_padding_taps": False,
                   "algorithm.coef_tol": 0.0, "algorithm.distill_lr_policy": "fixed"}
 

@@ -3,7 +3,8 @@ clients.csv row by row, every column except wall times, and coefficients.npy exa
 
     python scripts/same_figures.py RUN_BEFORE RUN_AFTER [MORE_BEFORE MORE_AFTER ...]
 
-Prints SAME or the first difference per file, and exits 1 when anything differs. A column only one run has (a record
+Prints SAME or the first difference per file, and exits 1 when anything differs; wall times and whether a client's
+pre-training came from the cache are not figures and are not compared. A column only one run has (a record
 added by a newer version, such as server_seconds or coef_steps) is named, not compared. On CPU the same config and seed
 give the same figures (fedkt.learner), so any difference is the change's doing; a refactor must print SAME."""
 import csv
@@ -13,11 +14,15 @@ from pathlib import Path
 import numpy as np
 
 TIMING = ("seconds",)  # columns that hold wall time: expected to differ between two runs
+# Columns that say where something came from, not what it came to: a pre-training read from client.warmup_cache is
+# the one the other run computed, so whether it was cached differs between two runs of the same figures.
+PROVENANCE = ("pretrain_cached",)
 
 
 def rows(path: Path) -> list[dict]:
     with open(path, newline="") as handle:
-        return [{k: v for k, v in row.items() if not any(t in k for t in TIMING)} for row in csv.DictReader(handle)]
+        return [{k: v for k, v in row.items() if not any(t in k for t in TIMING + PROVENANCE)}
+                for row in csv.DictReader(handle)]
 
 
 def differences(before: Path, after: Path) -> list[str]:

@@ -38,18 +38,20 @@ def test_round_profile_prints_every_step_for_every_architecture(tmp_path):
 def test_same_figures_ignores_wall_time_and_names_what_moved(tmp_path):
     import numpy as np
 
-    def run(name, loss="2.25", seconds="1.0", c=0.5, steps=""):
+    def run(name, loss="2.25", seconds="1.0", c=0.5, steps="", cached=0):
         folder = tmp_path / name
         folder.mkdir()
         extra = (",coef_steps", f",{steps}") if steps else ("", "")
         (folder / "metrics.csv").write_text(f"round,mean_test_acc,mean_test_loss,seconds{extra[0]}\n"
                                             f"1,0.5,{loss},{seconds}{extra[1]}\n")
-        (folder / "clients.csv").write_text(f"round,partition_id,test_acc,fit_seconds\n1,0,0.5,{seconds}\n")
+        (folder / "clients.csv").write_text(f"round,partition_id,test_acc,fit_seconds,fit_pretrain_cached\n"
+                                            f"1,0,0.5,{seconds},{cached}\n")
         np.save(folder / "coefficients.npy", np.full((1, 2, 2), c))
         return str(folder)
 
     script = [sys.executable, str(REPO / "scripts" / "same_figures.py")]
-    same = subprocess.run([*script, run("a"), run("b", seconds="9.9")], capture_output=True, text=True, timeout=60)
+    same = subprocess.run([*script, run("a"), run("b", seconds="9.9", cached=1)], capture_output=True, text=True,
+                          timeout=60)
     assert same.returncode == 0 and "SAME" in same.stdout, same.stdout + same.stderr
     newer = subprocess.run([*script, run("e"), run("f", steps="20")], capture_output=True, text=True, timeout=60)
     assert newer.returncode == 0 and "not compared: coef_steps" in newer.stdout, newer.stdout + newer.stderr

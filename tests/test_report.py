@@ -436,6 +436,49 @@ def test_sweep_figure_against_any_swept_key(tmp_path):
         write_report([tmp_path / "runs"], tmp_path / "report", x_key="data.no_such_key")
 
 
+def test_local_runs_count_in_every_alignment_size_they_do_not_depend_on(tmp_path):
+    """The local arm exchanges nothing: a local run at one algorithm.align_size is paired with KT-pFL at another,
+    unless that setting has its own local run of the seed; never with itself between the key's values, nor across
+    a key that does touch it (model.norm)."""
+    finals = {("local", 500, 0): 0.40, ("local", 500, 1): 0.42, ("local", 500, 2): 0.44,
+              ("local", 5000, 2): 0.45,  # its own run at 5000 for seed 2: used there, not the 500 one
+              ("ktpfl", 500, 0): 0.41, ("ktpfl", 500, 1): 0.44, ("ktpfl", 500, 2): 0.46,
+              ("ktpfl", 5000, 0): 0.45, ("ktpfl", 5000, 1): 0.47, ("ktpfl", 5000, 2): 0.49,
+              ("ktpfl", 1000, 0): 0.43}  # no local run at 1000: a local group of borrowed runs only
+    for (algorithm, size, seed), final in finals.items():
+        fake_run(tmp_path / "runs" / f"{algorithm}_{size}_s{seed}", algorithm=algorithm, seed=seed,
+                 history=(0.3, final), extra={"algorithm": {"align_size": size}})
+    fake_run(tmp_path / "runs" / "ktpfl_bn_s0", algorithm="ktpfl", seed=0, history=(0.3, 0.6), norm="batch",
+             extra={"algorithm": {"align_size": 5000}})
+    report = write_report([tmp_path / "runs"], tmp_path / "report", pair_key="algorithm.align_size",
+                          x_key="algorithm.align_size")
+    assert tmp_path / "report" / "sweep_type1.png" in report.figures
+    vs_local = {p.setting: p for p in report.paired if (p.a, p.b) == ("ktpfl", "local")}
+    big = "algorithm.align_size=5000, model.norm=none"
+    assert set(vs_local) == {"algorithm.align_size=500, model.norm=none", big,  # none for model.norm=batch
+                             "algorithm.align_size=1000, model.norm=none"}
+    local_1000 = next(g for g in report.groups
+                      if g.algorithm == "local" and g.setting.startswith("algorithm.align_size=1000"))
+    assert local_1000.setting_value("algorithm.align_size") == 1000  # where the sweep figure draws it
+    assert [r.seed for r in local_1000.runs] == [0, 1, 2] and vs_local[local_1000.setting].seeds == [0]
+    assert local_1000.borrowed[0] == local_1000.borrowed[1] == "algorithm.align_size=500, model.norm=none"
+    assert vs_local[big].seeds == [0, 1, 2]
+    assert vs_local[big].diffs == pytest.approx([0.05, 0.05, 0.04])  # seeds 0, 1 against 500's local, 2 its own
+    local_big = next(g for g in report.groups if g.algorithm == "local" and g.setting == big)
+    assert local_big.borrowed == {0: "algorithm.align_size=500, model.norm=none",
+                                  1: "algorithm.align_size=500, model.norm=none"}
+    between = {(p.setting, p.a, p.b): p for p in report.paired_settings}
+    assert ("local, model.norm=none", "algorithm.align_size=500", "algorithm.align_size=5000") in between
+    assert between[("local, model.norm=none", "algorithm.align_size=500", "algorithm.align_size=5000")].seeds == [2]
+    ktpfl_between = between[("ktpfl, model.norm=none", "algorithm.align_size=500", "algorithm.align_size=5000")]
+    assert ktpfl_between.seeds == [0, 1, 2]
+    text = report.markdown.read_text()
+    assert f"- type1, local [{big}]: seed 0 from [algorithm.align_size=500, model.norm=none]" in text
+    saved = json.loads((tmp_path / "report" / "report.json").read_text())["groups"]
+    assert next(g for g in saved if g["algorithm"] == "local" and g["setting"] == big)["borrowed"] == {
+        "0": "algorithm.align_size=500, model.norm=none", "1": "algorithm.align_size=500, model.norm=none"}
+
+
 def test_every_pair_of_algorithms_gets_its_own_line_in_the_gain_figure():
     """With four arms at one point, three differences used to share FedAvg's colour and dashes."""
     pairs = [(a, b) for i, a in enumerate(ALGORITHM_ORDER) for b in ALGORITHM_ORDER[i + 1:]]

@@ -22,6 +22,9 @@ report.md holds:
   (and setting), mean over seeds with a +-1 sample-std band; runs that did not complete are drawn dotted;
 - where a group has two seeds or more, seeds_<partition>.png: the same curves seed by seed, one panel each (a
   mean over seeds hides one seed's collapse);
+- the local arm exchanges nothing, so a local run also counts in every setting of the other arms that differs from
+  its own only in `algorithm.*` keys (e.g. `algorithm.align_size`) and has no local run of that seed: one local run
+  per seed serves a sweep of the alignment size; report.md lists each such borrowed run;
 - paired differences: for each partition x setting and each pair of algorithms, the final accuracy of one
   minus the other on the same seed (same shards), as mean over the matching seeds with a 95 % confidence
   interval (Student t, n-1 degrees of freedom), and a verdict: one arm ahead when the interval excludes zero,
@@ -196,6 +199,14 @@ class Group:
     algorithm: str
     setting: str
     runs: list[Run]
+    borrowed: dict = field(default_factory=dict)  # seed -> the setting its local run ran in (share_local_runs)
+    like: Run | None = None  # for a group of borrowed runs only: a run of another arm that has its setting
+
+    def setting_value(self, key: str, default=None):
+        """The value of `key` in the group's setting: from a run of its own (a borrowed run has another value of an
+        algorithm.* key), else from `like`."""
+        run = next((r for r in self.runs if r.seed not in self.borrowed), self.like)
+        return run.flat.get(key, default) if run is not None else default
 
     @property
     def finals(self) -> np.ndarray:
@@ -331,9 +342,10 @@ def paired_by_key(groups: list[Group], key: str, architecture: str = "") -> list
 
     cells: dict[tuple, dict[str, dict]] = {}
     for g in groups:
-        value = canonical(g.runs[0].flat.get(key, _MISSING))
+        value = canonical(g.setting_value(key, _MISSING))
         label = f"{key}={value}" if value != "" else f'{key}=""'
-        finals = {r.seed: final(r) for r in g.runs if math.isfinite(final(r))}
+        # a borrowed local run is the run of another value: pairing it with that value would compare a run with itself
+        finals = {r.seed: final(r) for r in g.runs if math.isfinite(final(r)) and r.seed not in g.borrowed}
         cells.setdefault((g.partition, g.algorithm, rest(g.setting)), {})[label] = finals
     pairs = []
     for (partition, algorithm, other), by_value in cells.items():
@@ -476,6 +488,43 @@ def group_runs(runs: list[Run]) -> list[Group]:
     return [Group(p, a, s, sorted(groups[(p, a, s)], key=lambda r: natural_key(str(r.seed)))) for p, a, s in ordered]
 
 
+# The local arm exchanges nothing, so no algorithm.* key (the alignment size, KT-pFL's and the distillation's
+# settings) touches its runs: one local run stands for every setting of the other arms that differs from its own only
+# in those keys, and a sweep of algorithm.align_size need not train the same local clients once per value.
+def share_local_runs(groups: list[Group], keys: list[str]) -> list[Group]:
+    """Lend each local run to every setting of another algorithm, in its partition, that differs from the run's only
+    in algorithm.* keys and has no local run of that seed of its own (where several could lend, the last in the
+    groups' order; only a group's own runs are lent). A borrowing group records the setting each borrowed run ran
+    in (Group.borrowed)."""
+    others = [k for k in keys if not k.startswith("algorithm.")]
+
+    def rest(run: Run) -> str:
+        return json.dumps([canonical(run.flat.get(k, _MISSING)) for k in others], sort_keys=True, default=str)
+
+    local = [g for g in groups if g.algorithm == "local"]
+    if not local:
+        return groups
+    targets = {(g.partition, g.setting): g.runs[0] for g in groups if g.algorithm != "local"}
+    result = list(groups)
+    for (partition, setting), example in targets.items():
+        own = next((g for g in local if g.partition == partition and g.setting == setting), None)
+        have = {r.seed for r in own.runs} if own else set()
+        lent: dict = {}
+        for g in local:
+            if g.partition == partition and g.setting != setting:
+                lent.update({r.seed: (r, g.setting) for r in g.runs
+                             if r.seed not in have and r.seed not in g.borrowed and rest(r) == rest(example)})
+        if not lent:
+            continue
+        if own is None:
+            own = Group(partition, "local", setting, [], like=example)
+            result.append(own)
+        own.runs = sorted(own.runs + [run for run, _ in lent.values()], key=lambda r: natural_key(str(r.seed)))
+        own.borrowed.update({seed: ran_in for seed, (_, ran_in) in lent.items()})
+    return sorted(result, key=lambda g: (_order(g.partition, PARTITION_ORDER), natural_key(g.setting),
+                                         _order(g.algorithm, ALGORITHM_ORDER)))
+
+
 # -----------------------------------------------------------------------------
 # figures
 
@@ -577,7 +626,7 @@ def plot_sweep(groups: list[Group], paired: list[Paired], x_key: str, out_dir: P
     """sweep_<partition>.png: left, each algorithm's final accuracy against the config key x_key (mean over
     seeds, 95 % interval); right, the paired gains against x_key (0 = level). One line per algorithm (or pair)
     and per value of the other setting keys."""
-    where = {(g.partition, g.setting): g.runs[0].flat.get(x_key) for g in groups}
+    where = {(g.partition, g.setting): g.setting_value(x_key) for g in groups}
 
     def rest(setting: str) -> str:
         return ", ".join(part for part in setting.split(", ") if part and not part.startswith(f"{x_key}="))
@@ -815,6 +864,14 @@ def render_markdown(report: Report, paths) -> str:
         lines += ["All runs share one configuration apart from seed, algorithm and partition (keys that only "
                   "some runs have, with one value, and paths, devices and resources are not compared).", ""]
     lines += mean_table(groups, with_setting) if groups else ["No completed run."]
+    lent = [g for g in groups if g.borrowed]
+    if lent:
+        lines += ["", "The local arm exchanges nothing, so the `algorithm.*` keys do not touch it: its runs also "
+                  "count in the settings of the other arms that differ from theirs only in those keys (each row "
+                  "below: where the local runs of that setting ran). They are paired there with the other arms, "
+                  "and left out of the pairs between values of a key."] + [""] + [
+                  f"- {g.partition}, local [{g.setting}]: seed {seed} from [{ran_in}]"
+                  for g in lent for seed, ran_in in sorted(g.borrowed.items(), key=lambda i: natural_key(str(i[0])))]
     if report.paired:
         lines += ["", "### Paired differences", "",
                   "Final mean test accuracy of one algorithm minus another on the same seed (the same shards, the "
@@ -891,6 +948,7 @@ def report_json(report: Report) -> dict:
                     "final_std": number(g.std) if g.std is not None else None,
                     "val_selected_mean": number(g.val_selected_mean),
                     "finals": [number(r.final) for r in g.runs], "runs": [r.label for r in g.runs],
+                    "borrowed": {str(seed): ran_in for seed, ran_in in g.borrowed.items()},
                     "architecture_means": {a: number(g.architecture_mean(a))
                                            for a in dict.fromkeys(a for r in g.runs for a in r.architecture_finals)}}
                    for g in report.groups],
@@ -899,7 +957,8 @@ def report_json(report: Report) -> dict:
         "pair_key": report.pair_key,
         "paired_settings": [paired_json(p) for p in report.paired_settings + report.paired_settings_architectures],
         "clients_against_majority_share": floor_rows(report.groups),
-        "runs": [{"run": r.label, "path": os.path.relpath(r.path, report.out_dir), "algorithm": r.algorithm, "partition": r.partition,
+        "runs": [{"run": r.label, "path": os.path.relpath(r.path, report.out_dir), "algorithm": r.algorithm,
+                  "partition": r.partition,
                   "seed": r.seed, "setting": r.setting, "status": r.status, "error": r.error,
                   "included": r.included, "rounds_completed": r.summary.get("rounds_completed"),
                   "num_rounds": r.summary.get("num_rounds"), "final_mean_test_acc": number(r.final),
@@ -933,7 +992,7 @@ def write_report(paths, out_dir=None, run_figures: bool = False, x_key: str | No
     keys = setting_keys(runs)
     for run in runs:
         run.setting = ", ".join(f"{k}={canonical(run.flat.get(k, _MISSING))}" for k in keys)
-    groups = group_runs(runs)
+    groups = share_local_runs(group_runs(runs), keys)
     paired = paired_differences(groups)
     if x_key and not any(x_key in r.flat for r in runs):
         raise ValueError(f"--x {x_key}: no run's config has that key; keys that vary: {', '.join(keys) or 'none'}")

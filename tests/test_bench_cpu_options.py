@@ -21,7 +21,7 @@ def test_cpu_options_bench_prints_every_table_with_a_lenet_row():
                   "### distillation step (batch 256): memory format, bf16 autocast",
                   "### prediction (64 samples)", "### verdict (faster than the default by more than 5 %)"):
         assert title in lines, title
-    variants = "| channels_last | bf16 | bf16 + channels_last | skip padding taps |"
+    variants = "| channels_last | bf16 | bf16 + channels_last | skip padding taps | skip padding taps + bf16 |"
     assert f"| arch | default ms/step {variants} with augmentation |" in lines
     assert f"| arch | default ms/step {variants}" in lines
     assert ("| arch | no_grad s (batch 512) | inference_mode | faster mode | batch 128 | batch 512 | batch 2048 |"

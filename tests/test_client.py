@@ -280,3 +280,18 @@ def test_a_deployed_client_warns_itself_when_it_takes_few_private_steps(tmp_path
         assert asked == [] and "too few" not in caplog.text
         deployed.fit([], {"round": 1, **config})
     assert asked == [(1, deployed.learner.num_train)] and "too few" in caplog.text
+
+
+def test_a_client_without_saved_state_after_round_one_says_it_starts_over(tmp_path, monkeypatch, caplog):
+    """A client that completed no round (it failed them) or whose saved state is gone starts from its initial model:
+    right, but it resets what the client learned, so it is logged, never silent."""
+    config = {"epochs": 0, "next_seed": 5, "target_seed": -1, "target_partition": -1}
+    client = make_client(tmp_path, monkeypatch)
+    with caplog.at_level("WARNING", logger="fedkt"):
+        client.fit([], {"round": 1, **config})
+        client.fit([], {"round": 2, **config})  # round 1's state is there
+        assert "no saved state" not in caplog.text
+        for saved in (tmp_path / "clients").rglob("round_*.pt"):
+            saved.unlink()
+        client.fit([], {"round": 3, **config})
+    assert "client 1: no saved state from rounds before 3" in caplog.text and "client.state_store=disk" in caplog.text

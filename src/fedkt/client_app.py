@@ -91,6 +91,10 @@ class KnowledgeClient(NumPyClient):
         rnd = int(config["round"])
         self.faults.before_fit(self.partition_id, rnd)
         learner = self._restore(max_round=rnd - 1)
+        if rnd > 1 and learner.rounds_done == 0:  # legitimate after failed rounds, but never silent: it resets the client
+            log.warning("client %d: no saved state from rounds before %d (it completed none, or its state under "
+                        "client.state_store=%s was lost): it starts round %d from its initial model, pre-training and "
+                        "warm-up included", self.partition_id, rnd, self.cfg.client.state_store, rnd)
         if self.warn_few_steps and rnd == 1 and (warning := few_steps_warning(self.cfg, self.partition_id,
                                                                                learner.num_train)):
             log.warning(warning)

@@ -478,13 +478,16 @@ def _order(value: str, preferred) -> tuple:
     return (preferred.index(value) if value in preferred else len(preferred), natural_key(value))
 
 
+def _group_order(partition: str, algorithm: str, setting: str) -> tuple:
+    return _order(partition, PARTITION_ORDER), natural_key(setting), _order(algorithm, ALGORITHM_ORDER)
+
+
 def group_runs(runs: list[Run]) -> list[Group]:
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
         if run.included:
             groups.setdefault((run.partition, run.algorithm, run.setting), []).append(run)
-    ordered = sorted(groups, key=lambda k: (_order(k[0], PARTITION_ORDER), natural_key(k[2]),
-                                            _order(k[1], ALGORITHM_ORDER)))
+    ordered = sorted(groups, key=lambda k: _group_order(*k))
     return [Group(p, a, s, sorted(groups[(p, a, s)], key=lambda r: natural_key(str(r.seed)))) for p, a, s in ordered]
 
 
@@ -521,8 +524,7 @@ def share_local_runs(groups: list[Group], keys: list[str]) -> list[Group]:
             result.append(own)
         own.runs = sorted(own.runs + [run for run, _ in lent.values()], key=lambda r: natural_key(str(r.seed)))
         own.borrowed.update({seed: ran_in for seed, (_, ran_in) in lent.items()})
-    return sorted(result, key=lambda g: (_order(g.partition, PARTITION_ORDER), natural_key(g.setting),
-                                         _order(g.algorithm, ALGORITHM_ORDER)))
+    return sorted(result, key=lambda g: _group_order(g.partition, g.algorithm, g.setting))
 
 
 # -----------------------------------------------------------------------------

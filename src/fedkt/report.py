@@ -512,11 +512,12 @@ def share_local_runs(groups: list[Group], keys: list[str]) -> list[Group]:
     for (partition, setting), example in targets.items():
         own = next((g for g in local if g.partition == partition and g.setting == setting), None)
         have = {r.seed for r in own.runs} if own else set()
+        wanted = rest(example)
         lent: dict = {}
         for g in local:
             if g.partition == partition and g.setting != setting:
                 lent.update({r.seed: (r, g.setting) for r in g.runs
-                             if r.seed not in have and r.seed not in g.borrowed and rest(r) == rest(example)})
+                             if r.seed not in have and r.seed not in g.borrowed and rest(r) == wanted})
         if not lent:
             continue
         if own is None:

@@ -8,8 +8,10 @@ and the server's step, for any preset. Prints a markdown table of seconds and sh
 
 It drives the algorithm layer itself (fedkt.learner.Learner, fedkt.aggregation.KnowledgeServer), the code every
 round of a run executes, in this one process with torch's threads set as a client's (client.num_cpus). "set-up"
-is what every Flower message pays before the work: restoring the client (data, model, optimizer, saved state);
-"state" is writing it back. The round is a distilling one (round 2): warm-up is timed separately, as round 1 pays it.
+is what a fit message pays before the work: restoring the client (data, model, optimizer, saved state); "state"
+is writing it back; "test" is measured in fit on the state it saves, which the evaluate message then returns
+(fedkt.client_app; until 2026-12-02 the evaluate message restored the client again, a second set-up). The round
+is a distilling one (round 2): warm-up is timed separately, as round 1 pays it.
 Compare the shares within one table: absolute seconds depend on the machine and its load.
 
 The last lines compare the round with a bare eager-PyTorch reference measured in the same run, interleaved client
@@ -59,8 +61,7 @@ def profile_client(cfg: RunConfig, pid: int, server: KnowledgeServer) -> dict:
     timed(seconds, "validation", learner.validate)
     timed(seconds, "prediction", learner.predict, server.next_seed(2))
     timed(seconds, "state", learner.state_bytes)
-    evaluator = timed(seconds, "set-up", Learner, cfg, pid, learner.state_bytes())  # the evaluate message
-    timed(seconds, "test", evaluator.test)
+    timed(seconds, "test", learner.test)  # in fit, on the state it saved: the evaluate message restores nothing
     return seconds
 
 

@@ -295,3 +295,49 @@ def test_a_client_without_saved_state_after_round_one_says_it_starts_over(tmp_pa
             saved.unlink()
         client.fit([], {"round": 3, **config})
     assert "client 1: no saved state from rounds before 3" in caplog.text and "client.state_store=disk" in caplog.text
+
+
+@pytest.mark.parametrize("store", ["disk", "context"])
+@pytest.mark.parametrize("algorithm", ["ktpfl", "local"])
+def test_evaluate_answers_with_the_test_fit_measured_on_the_state_it_saved(tmp_path, monkeypatch, store, algorithm):
+    """The evaluate message of the arms that test their own model restores no client: it answers with what fit
+    measured on the state it saved, exactly what restoring that state and testing it gives. A state saved
+    without a result (an older run's) is restored and tested as before."""
+    config = {"epochs": 1, "next_seed": 5, "target_seed": -1, "target_partition": -1}
+    client = make_client(tmp_path, monkeypatch, f"algorithm={algorithm}", f"client.state_store={store}")
+    context = client.store.context
+    built = []
+
+    class CountedLearner(learner.Learner):
+        def __init__(self, *args, **kwargs):
+            built.append(args[1])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(client_app, "Learner", CountedLearner)
+    for rnd in (1, 2):
+        client = client_app.KnowledgeClient(client.cfg, context)
+        client.fit([], {"round": rnd, **config})
+    (_, saved) = client.store.load(2)
+    restored = learner.Learner(client.cfg, 1, saved)
+    loss, acc = restored.test()
+    built.clear()
+    answer = client_app.KnowledgeClient(client.cfg, context).evaluate([], {"round": 2})
+    assert built == []  # no client restored
+    assert answer == (loss, len(restored.data.y_test), {"partition_id": 1, "test_acc": acc,
+                                                         "test_majority_share": restored.test_majority_share})
+    assert client_app.KnowledgeClient(client.cfg, context).evaluate([], {"round": 3}) == answer  # round 3 not fitted
+    older = client_app.KnowledgeClient(client.cfg, context)
+    older.store.save(2, saved)  # as a run before results were kept beside the state saved it
+    assert older.evaluate([], {"round": 2}) == answer and built == [1]
+
+
+def test_fedavg_evaluates_the_global_model_it_is_sent_not_what_fit_left(tmp_path, monkeypatch):
+    config = {"epochs": 1, "next_seed": 5, "target_seed": -1, "target_partition": -1}
+    client = make_client(tmp_path, monkeypatch, "algorithm=fedavg")
+    start = learner.model_arrays(learner.Learner(client.cfg, 1).model)
+    client.fit(start, {"round": 1, **config})
+    assert list((tmp_path / "clients").rglob("*.pt")) and not list((tmp_path / "clients").rglob("*.json"))
+    zeros = [np.zeros_like(a) for a in start]
+    fresh = client_app.KnowledgeClient(client.cfg, client.store.context)
+    loss, _, metrics = fresh.evaluate(zeros, {"round": 1})
+    assert fresh.learner is not None and all((a == 0).all() for a in learner.model_arrays(fresh.learner.model))

@@ -6,10 +6,16 @@ predictions on the alignment subset named for this round. `evaluate` tests on th
 split. Model, optimizer and learning-rate state outlive the short-lived ClientApp, one version per
 round, in files keyed by partition id (client.state_store=disk: survives a killed run, so it can be
 resumed) or in the node's context.state (client.state_store=context).
+
+The knowledge-transfer arms and local training evaluate the model their last fit saved, so fit tests it as it
+saves it and keeps the result beside the state; the evaluate message returns that result instead of restoring
+the client, which was half of every round's per-message set-up (docs/RESULTS.md). FedAvg evaluates the global
+model it is sent, and a state saved without a result (an older run's) is restored and tested as before.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -25,12 +31,14 @@ from fedkt.files import write_atomic
 from fedkt.learner import Learner, few_steps_warning
 
 STATE_KEY = "fedkt-client"
+TEST_RESULT = ("loss", "acc", "samples", "majority_share")  # what an evaluate message answers with
 log = logging.getLogger("fedkt")
 
 
 class StateStore:
     """A client's state after each round, as bytes: in files round_NNNN.pt (the last two kept) or in
-    the node's context.state (the last one). `load(r)` returns the newest version from round <= r."""
+    the node's context.state (the last one). `load(r)` returns the newest version from round <= r, and
+    `load_test(r)` the test result saved with that version (round_NNNN.json, or the same record), if any."""
 
     def __init__(self, cfg: RunConfig, context: Context, partition_id: int):
         self.kind = cfg.client.state_store
@@ -46,15 +54,33 @@ class StateStore:
         rounds = [r for r in self._rounds() if r <= max_round]
         return (rounds[-1], (self.folder / f"round_{rounds[-1]:04d}.pt").read_bytes()) if rounds else None
 
-    def save(self, server_round: int, blob: bytes) -> None:
+    def load_test(self, max_round: int) -> dict | None:
         if self.kind == "context":
-            self.context.state[STATE_KEY] = ConfigRecord({"round": server_round, "blob": blob})
+            record = self.context.state[STATE_KEY] if STATE_KEY in self.context.state else None
+            if record is None or int(record["round"]) > max_round or "test_acc" not in record:
+                return None
+            return {name: record[f"test_{name}"] for name in TEST_RESULT}
+        rounds = [r for r in self._rounds() if r <= max_round]
+        path = self.folder / f"round_{rounds[-1]:04d}.json" if rounds else None
+        return json.loads(path.read_text()) if path is not None and path.exists() else None
+
+    def save(self, server_round: int, blob: bytes, test: dict | None = None) -> None:
+        """Keep `blob` as the state after server_round, with `test` (TEST_RESULT's keys) measured on it, if given."""
+        if self.kind == "context":
+            record = {"round": server_round, "blob": blob}
+            record.update({f"test_{name}": test[name] for name in TEST_RESULT} if test else {})
+            self.context.state[STATE_KEY] = ConfigRecord(record)
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"round_{server_round:04d}.pt"
+        # a result beside a state was measured on that state: an earlier attempt's goes before the state is replaced
+        path.with_suffix(".json").unlink(missing_ok=True)
         write_atomic(path, blob)  # a kill mid-write leaves the previous version whole
+        if test:
+            write_atomic(path.with_suffix(".json"), json.dumps({name: test[name] for name in TEST_RESULT}))
         for old in self._rounds()[:-2]:
-            (self.folder / f"round_{old:04d}.pt").unlink(missing_ok=True)
+            for suffix in (".pt", ".json"):
+                (self.folder / f"round_{old:04d}{suffix}").unlink(missing_ok=True)
 
     def _rounds(self) -> list[int]:
         if not self.folder.exists():
@@ -110,7 +136,7 @@ class KnowledgeClient(NumPyClient):
                                              next_seed=int(config["next_seed"]),
                                              global_arrays=parameters if fedavg else None)
         blob = learner.state_bytes()
-        self.store.save(rnd, blob)
+        self.store.save(rnd, blob, None if fedavg else measure_test(learner))
         metrics = {"partition_id": self.partition_id, "architecture": self.architecture, **metrics,
                    "state_bytes": len(blob)}
         uploads = self.faults.corrupt(self.partition_id, rnd, uploads, metrics)
@@ -119,10 +145,21 @@ class KnowledgeClient(NumPyClient):
         return uploads, learner.num_train, metrics
 
     def evaluate(self, parameters, config):
-        learner = self._restore(max_round=int(config["round"]))
-        loss, acc = learner.test(parameters or None)  # FedAvg sends the global model; the others nothing
-        return float(loss), len(learner.data.y_test), {"partition_id": self.partition_id, "test_acc": float(acc),
-                                                       "test_majority_share": learner.test_majority_share}
+        rnd = int(config["round"])
+        fedavg = self.cfg.algorithm.name == "fedavg"  # FedAvg sends the global model to test; the others nothing
+        tested = None if fedavg else self.store.load_test(max_round=rnd)
+        if tested is None:
+            tested = measure_test(self._restore(max_round=rnd), parameters if fedavg else None)
+        return float(tested["loss"]), int(tested["samples"]), {
+            "partition_id": self.partition_id, "test_acc": float(tested["acc"]),
+            "test_majority_share": float(tested["majority_share"])}
+
+
+def measure_test(learner: Learner, global_arrays=None) -> dict:
+    """The learner's model (FedAvg: the global model) on its test split, as TEST_RESULT."""
+    loss, acc = learner.test(global_arrays)
+    return {"loss": float(loss), "acc": float(acc), "samples": len(learner.data.y_test),
+            "majority_share": float(learner.test_majority_share)}
 
 
 def make_client_app(cfg: RunConfig) -> ClientApp:

@@ -11,7 +11,8 @@ round of a run executes, in this one process with torch's threads set as a clien
 is what a fit message pays before the work: restoring the client (data, model, optimizer, saved state); "state"
 is writing it back; "test" is measured in fit on the state it saves, which the evaluate message then returns
 (fedkt.client_app; until 2026-12-02 the evaluate message restored the client again, a second set-up). The round
-is a distilling one (round 2): warm-up is timed separately, as round 1 pays it.
+is a distilling one (round 2): warm-up, and building the client fresh, are timed separately, as round 1 pays
+them (until 2026-12-02 the fresh build was counted in round 2's set-up).
 Compare the shares within one table: absolute seconds depend on the machine and its load.
 
 The last lines compare the round with a bare eager-PyTorch reference measured in the same run, interleaved client
@@ -49,7 +50,7 @@ def timed(seconds: dict, name: str, step, *args, **kwargs):
 def profile_client(cfg: RunConfig, pid: int, server: KnowledgeServer) -> dict:
     """Seconds of each step of one client: round 1 (warm-up), then a distilling round 2 as a fresh message."""
     seconds: dict = {}
-    learner = timed(seconds, "set-up", Learner, cfg, pid)
+    learner = timed(seconds, "warm-up (round 1 only)", Learner, cfg, pid)  # round 1 builds the client fresh
     timed(seconds, "warm-up (round 1 only)", learner.warm_up, round_seed(cfg.seed, pid, 1))
     saved = learner.state_bytes()
     learner = timed(seconds, "set-up", Learner, cfg, pid, saved)  # round 2's message restores the client

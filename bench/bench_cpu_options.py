@@ -43,7 +43,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from fedkt.models import ARCHITECTURES, build_model, cpu_bfloat16_units, skip_padding_taps
+from fedkt.config import cpu_bfloat16_units
+from fedkt.models import ARCHITECTURES, build_model, skip_padding_taps
 from fedkt.train import augment_batch, distillation_loss, make_optimizer, set_threads, usable_cores
 
 NUM_CLASSES = 10

@@ -7,6 +7,7 @@ from flwr.app import RecordDict
 from flwr.common import Context
 
 import fedkt.client_app as client_app
+import fedkt.config as config
 import fedkt.learner as learner
 from fedkt.config import ConfigError, build_config, compose, load_config
 
@@ -192,7 +193,7 @@ def test_bfloat16_clients_compute_in_bfloat16_and_keep_float32_weights_across_me
             assert all(t.dtype == torch.float32 for t in model.state_dict().values() if t.is_floating_point())
 
 
-def test_bfloat16_names_only_architectures_and_warns_where_it_is_emulated():
+def test_bfloat16_names_only_architectures_and_warns_where_it_is_emulated(monkeypatch):
     with pytest.raises(ConfigError, match="model.bfloat16: unknown architecture 'vgg'"):
         load_config(["model.bfloat16=[lenet,vgg]"])
     cfg = load_config(["model.bfloat16=[alexnet,lenet]"])
@@ -200,7 +201,9 @@ def test_bfloat16_names_only_architectures_and_warns_where_it_is_emulated():
     assert "model.bfloat16=alexnet,lenet" in learner.bfloat16_warning(cfg, on_gpu=False, cpu_units="")
     assert learner.bfloat16_warning(cfg, on_gpu=False, cpu_units="amx_bf16") is None
     assert learner.bfloat16_warning(cfg, on_gpu=True, cpu_units="") is None
-    assert learner.bfloat16_warning(load_config([]), on_gpu=False, cpu_units="") is None  # off by default
+    assert learner.bfloat16_warning(load_config(["experiment=smoke"]), on_gpu=False, cpu_units="") is None  # off
+    monkeypatch.setattr(config, "cpu_bfloat16_units", lambda: "")
+    assert learner.bfloat16_warning(load_config([]), on_gpu=False, cpu_units="") is None  # auto names none there
 
 
 def test_state_size_estimates_what_a_client_saves(tmp_path, monkeypatch):

@@ -93,9 +93,10 @@ def test_below_the_edges_configuration_is_read_by_attribute_only():
 def test_the_quick_preset_is_the_configuration_its_figures_were_measured_with():
     """docs/RESULTS.md and the README quote the default preset's gain over training alone from the runs in
     docs/runs/scarce_pretrained (the preset's name when they ran): `quick` must stay the configuration those runs
-    had, their paths and the cache switch (which changes no figure) aside, and model.skip_padding_taps: on by default
-    since they ran, the same function with other rounding, level with them over five paired seeds in both arms
-    (docs/RESULTS.md); it is the one setting allowed to differ, and only as the records' False against today's True."""
+    had, their paths and the cache switch (which changes no figure) aside, and two settings that came since, each
+    level with float32 and every tap over five paired seeds in both arms (docs/RESULTS.md), allowed to differ only as
+    the records' value against today's: model.skip_padding_taps (False, today True) and model.bfloat16 ("", today
+    what `auto` names on this machine's CPU)."""
     records = sorted((Path(__file__).parents[1] / "docs" / "runs" / "scarce_pretrained").glob("*/config.json"))
     assert len(records) >= 9, "three arms, three seeds at least"
     for record in records:
@@ -103,6 +104,23 @@ def test_the_quick_preset_is_the_configuration_its_figures_were_measured_with():
         preset = flatten(load_config(["experiment=quick", f"algorithm={ran['algorithm.name']}",
                                       f"seed={ran['seed']}"]).to_dict())
         differ = {key for key in preset.keys() | ran.keys() if preset.get(key) != ran.get(key)}
-        assert differ <= {"data.root", "run_dir", "client.warmup_cache", "model.skip_padding_taps"}, \
-            (record.parent.name, sorted(differ))
+        assert differ <= {"data.root", "run_dir", "client.warmup_cache", "model.skip_padding_taps",
+                          "model.bfloat16"}, (record.parent.name, sorted(differ))
         assert (ran["model.skip_padding_taps"], preset["model.skip_padding_taps"]) == (False, True)
+        assert (ran["model.bfloat16"], preset["model.bfloat16"]) == \
+            ("", "alexnet,resnet18" if config.cpu_bfloat16_units() else "")
+
+
+@pytest.mark.parametrize("units", ["", "avx512_bf16"])
+def test_bfloat16_auto_names_what_pays_where_the_cpu_has_the_units_and_is_recorded_as_resolved(monkeypatch, units):
+    monkeypatch.setattr(config, "cpu_bfloat16_units", lambda: units)
+    quick = load_config(["experiment=quick"])  # the preset asks for auto
+    assert quick.model.bfloat16 == ("alexnet,resnet18" if units else "")
+    assert quick.bfloat16 == ({"alexnet", "resnet18"} if units else set())
+    assert build_config(quick.to_dict()) == quick  # config.json holds what ran: a resume reads that, on any machine
+    assert load_config(["experiment=quick", "model.skip_padding_taps=false"]).model.bfloat16 == \
+        ("alexnet" if units else "")  # without the skipped taps bfloat16 made ResNet-18's steps dearer
+    assert load_config(["experiment=quick", "model.architectures=[lenet,shufflenetv2]"]).model.bfloat16 == ""
+    assert load_config(["experiment=quick", "client.device=cuda"]).model.bfloat16 == ""  # not measured on a GPU
+    assert load_config(["experiment=quick", "model.bfloat16=[lenet]"]).model.bfloat16 == "lenet"  # a list as given
+    assert load_config(["experiment=smoke"]).model.bfloat16 == ""  # off by default

@@ -44,6 +44,11 @@ LR_POLICIES = ("constant", "plateau", "cosine")
 BEFORE_THE_KEY = {"model.channels_last": "", "model.bfloat16": "", "model.skip_padding_taps": False,
                   "algorithm.coef_tol": 0.0, "algorithm.distill_lr_policy": "fixed"}
 
+# model.bfloat16=auto (the `quick` preset's setting): the architectures whose steps bfloat16 makes cheaper on a CPU
+# with bfloat16 units (AlexNet; ResNet-18 once its padding taps are skipped), at accuracy level with float32 over five
+# paired seeds (docs/RESULTS.md, "bfloat16 where the CPU has the units"); float32 on a CPU without them.
+AUTO_BFLOAT16 = ("alexnet", "resnet18")
+
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the key, the value and what is allowed."""
@@ -85,7 +90,8 @@ class ModelConfig:
     norm: str = _one_of(*NORMS)
     stem: str = _one_of(*STEMS)
     channels_last: str = field()  # "a,b,...": architectures whose convolutions run channels-last; "" = none
-    bfloat16: str = field()  # "a,b,...": architectures whose forward pass runs under bfloat16 autocast; "" = none
+    bfloat16: str = field()  # "a,b,...": architectures whose forward pass runs under bfloat16 autocast; "" = none;
+    # "auto" = AUTO_BFLOAT16 where the CPU has bfloat16 units, else none (build_config resolves it)
     skip_padding_taps: bool = field()  # convolutions skip kernel taps that only read zero padding (same function)
 
 
@@ -292,8 +298,32 @@ def build_config(values: dict | RunConfig) -> RunConfig:
     raises ConfigError on the first value that cannot work. Runs before data loading and Ray."""
     # a RunConfig made by hand or changed with dataclasses.replace is checked field by field too
     cfg = _build(RunConfig, values.to_dict() if isinstance(values, RunConfig) else dict(values), "")
+    if cfg.model.bfloat16 == "auto":  # resolved where the config is built, so that config.json records what ran
+        resolved = resolve_bfloat16(cfg, cpu_bfloat16_units())
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, bfloat16=resolved))
     _check_rules(cfg)
     return cfg
+
+
+def cpu_bfloat16_units() -> str:
+    """The CPU's native bfloat16 instruction sets, from /proc/cpuinfo's flags ("" where none or unknown)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return ""
+    return ", ".join(flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags)
+
+
+def resolve_bfloat16(cfg: RunConfig, cpu_units: str) -> str:
+    """What model.bfloat16=auto names for cfg on a CPU with `cpu_units` (cpu_bfloat16_units): AUTO_BFLOAT16's
+    architectures that the run has, ResNet-18 only with model.skip_padding_taps (without, bfloat16 made its steps
+    dearer); none where the CPU has no bfloat16 units (emulated, it is slower) or client.device names a GPU (not
+    measured there; with client.device=auto on a GPU machine the named models run bfloat16 on the GPU)."""
+    if not cpu_units or cfg.client.device.startswith("cuda"):
+        return ""
+    present = set(cfg.architectures)
+    return ",".join(a for a in AUTO_BFLOAT16 if a in present and (a != "resnet18" or cfg.model.skip_padding_taps))
 
 
 def recorded_config(saved: dict) -> tuple[RunConfig, dict]:

@@ -176,7 +176,8 @@ def to_bfloat16_autocast(model):
     """The model with its forward pass under torch.autocast to bfloat16 on the model's device: convolutions and
     matrix products in bfloat16, weights, optimizer and the returned logits in float32 (losses stay float32). Fast
     where the CPU has AMX or AVX-512 BF16 units (AlexNet steps 0.5-0.75x on a Xeon), emulated and slower elsewhere
-    (cpu_bfloat16_units). The instance's forward is wrapped, so its state_dict, and saved states, do not change."""
+    (fedkt.config.cpu_bfloat16_units). The instance's forward is wrapped, so its state_dict, and saved states, do
+    not change."""
     forward = model.forward
     device_type = next(model.parameters()).device.type
 
@@ -230,16 +231,6 @@ def skip_padding_taps(model):
                 and not isinstance(conv.padding, str) and any(conv.padding)):
             conv.forward = functools.partial(_forward_live_taps, conv)
     return model
-
-
-def cpu_bfloat16_units() -> str:
-    """The CPU's native bfloat16 instruction sets, from /proc/cpuinfo's flags ("" where none or unknown)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return ""
-    return ", ".join(flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags)
 
 
 def count_parameters(model):

@@ -29,11 +29,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedkt.client_app import make_client_app
 from fedkt.config import (CONF_DIR, ConfigError, RunConfig, build_config, check_ray_resources, check_server_device,
-                          gpus_per_client, recorded_config, synthetic_data_note)
+                          cpu_bfloat16_units, gpus_per_client, recorded_config, synthetic_data_note)
 from fedkt.data import DataError
 from fedkt.learner import (FEW_PRIVATE_STEPS, bfloat16_warning, few_steps_warning, no_validation_advice, private_steps,
                            state_size, validation_readers)
-from fedkt.models import cpu_bfloat16_units
 from fedkt.results import RunRecorder, dump_json, read_checkpoint
 from fedkt.server_app import run_and_record
 from fedkt.strategy import FederationError

@@ -332,6 +332,10 @@ def test_evaluate_answers_with_the_test_fit_measured_on_the_state_it_saved(tmp_p
     older = client_app.KnowledgeClient(client.cfg, context)
     older.store.save(2, saved)  # as a run before results were kept beside the state saved it
     assert older.evaluate([], {"round": 2}) == answer and built == [1]
+    if store == "disk":  # a damaged result file is read past: the client is restored and tested
+        older.store.save(2, saved, {"loss": 0.0, "acc": 0.0, "samples": 0, "majority_share": 0.0})
+        next(older.store.folder.glob("round_0002.json")).write_text("{not json")
+        assert older.evaluate([], {"round": 2}) == answer and built == [1, 1]
 
 
 def test_fedavg_evaluates_the_global_model_it_is_sent_not_what_fit_left(tmp_path, monkeypatch):

@@ -62,7 +62,13 @@ class StateStore:
             return {name: record[f"test_{name}"] for name in TEST_RESULT}
         rounds = [r for r in self._rounds() if r <= max_round]
         path = self.folder / f"round_{rounds[-1]:04d}.json" if rounds else None
-        return json.loads(path.read_text()) if path is not None and path.exists() else None
+        if path is None or not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except ValueError as err:  # a damaged result costs a restore, not the client's evaluation
+            log.warning("cannot read the test result %s (%s); restoring the client to test it", path, err)
+            return None
 
     def save(self, server_round: int, blob: bytes, test: dict | None = None) -> None:
         """Keep `blob` as the state after server_round, with `test` (TEST_RESULT's keys) measured on it, if given."""

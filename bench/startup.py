@@ -20,6 +20,9 @@ ActorPool", which split round 1 into Ray's start, the actor pool, and the actors
 One untimed run first warms the data cache (FEDKT_CACHE, a temp folder) and the page cache, so the data is
 loaded as on a user's second run (smoke's synthetic data is generated every time, cache or not).
 The issue's metric is "round 1 done" over the bare imports of the same rep.
+A third table counts the CPU seconds the run and every process it started (Ray's, the client actors) had used when
+round 1 was done, sampled from /proc (Linux) every 50 ms: their sum over the machine's cores is the least wall time
+any overlap of that work could reach on this machine, a floor to set against the goal.
 Compare within one table: absolute seconds depend on the machine and its load.
 """
 
@@ -34,7 +37,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 
 BARE_IMPORTS = [sys.executable, "-c", "import torch, torchvision, flwr, hydra"]
 ACTOR_IMPORTS = [sys.executable, "-c", "import fedkt.client_app"]
@@ -67,14 +72,121 @@ PHASES = {  # phase: (from, to); None = the subprocess's start
 }
 
 
-def stamped_output(cmd: list[str], env: dict | None = None) -> tuple[list[tuple[float, str]], float, int]:
-    """Run cmd with stdout and stderr together; each line as (seconds since the start, line) as it arrives, then
-    the seconds at exit and the exit status."""
+# what a process of the run is, by its command line (first match); the run's own process is "driver"
+PROCESS_KINDS = [("client actors", "ClientAppActor"), ("Ray's idle workers", "ray::IDLE"),
+                 ("Ray's services", "ray")]  # gcs_server, raylet, its agents, log monitor, dashboard
+CPU_COLUMNS = ["driver", "client actors", "Ray's idle workers", "Ray's services", "other", "total"]
+
+
+def process_kind(cmdline: str) -> str:
+    return next((kind for kind, mark in PROCESS_KINDS if mark in cmdline), "other")
+
+
+def _proc_stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds used, user + system) of a live process; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # after "pid (comm)", which may hold spaces
+    except OSError:
+        return None
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline") as f:
+            return f.read().replace("\0", " ")
+    except OSError:
+        return ""
+
+
+class TreeCpu:
+    """CPU seconds used by a process and all its descendants, sampled from /proc in a thread. A process's last
+    sample stands for it once it has gone (up to 50 ms of its work lost; Ray's processes live as long as the run)."""
+
+    def __init__(self, root: int, interval: float = 0.05):
+        self.root, self.interval = root, interval
+        self.used: dict[int, float] = {}
+        self.kind: dict[int, str] = {root: "driver"}
+        self._lock = threading.Lock()  # sample() runs in the thread and, at a milestone, in the caller
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def sample(self) -> None:
+        with self._lock:
+            self._sample()
+
+    def _sample(self) -> None:
+        for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+            stat = _proc_stat(pid)
+            if stat is None:
+                continue
+            parent, seconds = stat
+            if pid not in self.kind and parent in self.kind:  # a new descendant
+                self.kind[pid] = "other"
+            if pid in self.kind:
+                self.used[pid] = seconds
+                # a Ray worker renames itself as it goes (default_worker.py, ray::IDLE, ray::ClientAppActor):
+                # its CPU counts where it ends (a process that has ended has no command line left)
+                cmdline = _cmdline(pid)
+                if cmdline and self.kind[pid] not in ("driver", "client actors"):
+                    self.kind[pid] = process_kind(cmdline)
+
+    def by_kind(self) -> dict[str, float]:
+        totals = dict.fromkeys(CPU_COLUMNS, 0.0)
+        with self._lock:
+            for pid, seconds in self.used.items():
+                totals[self.kind[pid]] += seconds
+            totals["total"] = sum(self.used.values())
+        return totals
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def stamped_output(cmd: list[str], env: dict | None = None, on_start: Callable[[int], None] | None = None,
+                   on_line: Callable[[float, str], None] | None = None) -> tuple[list[tuple[float, str]], float, int]:
+    """Run cmd with stdout and stderr together; each line as (seconds since the start, line) as it arrives (and
+    handed to on_line), then the seconds at exit and the exit status. on_start gets the process id at once."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
-    lines = [(time.perf_counter() - start, line.rstrip("\n")) for line in iter(proc.stdout.readline, "")]
+    if on_start:
+        on_start(proc.pid)
+    lines = []
+    for line in iter(proc.stdout.readline, ""):
+        lines.append((time.perf_counter() - start, line.rstrip("\n")))
+        if on_line:
+            on_line(*lines[-1])
     rc = proc.wait()
     return lines, time.perf_counter() - start, rc
+
+
+def cpu_until_round_1(cmd: list[str], env: dict | None = None):
+    """stamped_output of cmd, and the CPU seconds by process kind its process tree had used when round 1 was done
+    (None where no line said so)."""
+    state: dict = {"cpu": None}
+
+    def on_start(pid: int) -> None:
+        state["tree"] = TreeCpu(pid)
+
+    def on_line(_seconds: float, line: str) -> None:
+        if state["cpu"] is None and MILESTONE_PATTERNS["round 1 done"].search(line):
+            state["tree"].sample()
+            state["cpu"] = state["tree"].by_kind()
+
+    try:
+        lines, exit_s, rc = stamped_output(cmd, env, on_start, on_line)
+    finally:
+        if "tree" in state:
+            state["tree"].stop()
+    return lines, exit_s, rc, state["cpu"]
 
 
 def milestone_seconds(lines: list[tuple[float, str]], exit_s: float) -> dict[str, float | None]:
@@ -137,14 +249,14 @@ def main() -> None:
     env = dict(os.environ, FEDKT_CACHE=os.path.join(tmp, "cache"), PYTHONUNBUFFERED="1")
 
     def sim(name: str):
-        return stamped_output([sys.executable, "-m", "fedkt.sim", *args.set, f"hydra.run.dir={tmp}/{name}"], env)
+        return cpu_until_round_1([sys.executable, "-m", "fedkt.sim", *args.set, f"hydra.run.dir={tmp}/{name}"], env)
 
     print(machine_line() + f" | overrides: {' '.join(args.set)} | {args.reps} reps (before)")
-    lines, _, rc = sim("warm")  # untimed: data cache and page cache warm, as for a user's second run
+    lines, _, rc, _ = sim("warm")  # untimed: data cache and page cache warm, as for a user's second run
     if rc != 0:
         sys.exit("the warm-up run failed:\n" + "\n".join(line for _, line in lines[-30:]))
 
-    rows, last_lines = [], []
+    rows, cpu_rows, last_lines = [], [], []
     for rep in range(args.reps):
         steps = {"bare imports": lambda: wall_seconds(BARE_IMPORTS, env),
                  "import fedkt.client_app": lambda: wall_seconds(ACTOR_IMPORTS, env),
@@ -152,7 +264,7 @@ def main() -> None:
                  "run": lambda: sim(f"rep{rep}")}
         order = list(steps)[rep % len(steps):] + list(steps)[:rep % len(steps)]
         row = {name: steps[name]() for name in order}
-        lines, exit_s, rc = row.pop("run")
+        lines, exit_s, rc, cpu = row.pop("run")
         if rc != 0:
             print(f"rep {rep + 1}: the run exited with {rc}; its last lines:\n" + "\n".join(l for _, l in lines[-10:]))
         marks = milestone_seconds(lines, exit_s)
@@ -163,6 +275,10 @@ def main() -> None:
                                                   else marks["first fedkt line"] - row["bare imports"])
         rows.append(row)
         last_lines = lines
+        if cpu is not None:
+            cores = os.cpu_count() or 1
+            cpu_rows.append({**cpu, f"total / {cores} cores (floor)": cpu["total"] / cores,
+                             "floor / bare imports (x)": cpu["total"] / cores / row["bare imports"]})
 
     print(machine_line() + " (after)")
     print_table("Seconds since the start of each subprocess (side by side, one rep per row)", rows,
@@ -170,6 +286,9 @@ def main() -> None:
                  "round 1 done / bare imports (x)"])
     print_table("Phases of the run (seconds between its milestones)", rows,
                 [*PHASES, "first fedkt line - bare imports"])
+    if cpu_rows:
+        print_table("CPU seconds used until round 1 was done, by the run and the processes it started", cpu_rows,
+                    list(cpu_rows[0]))
     if args.show_log:
         print("\nThe last run's output, stamped here:")
         for seconds, line in last_lines:

@@ -1,4 +1,5 @@
-"""bench/startup.py's parsing of a run's output into milestones and phases (no run, no Ray; nothing here is timed)."""
+"""bench/startup.py's parsing of a run's output into milestones and phases, and its count of the CPU the run's processes
+used (no Ray; nothing here is timed)."""
 
 import importlib.util
 import sys
@@ -84,3 +85,33 @@ def test_table_has_a_median_row_and_a_dash_for_what_is_missing(capsys):
     out = capsys.readouterr().out.splitlines()
     assert "| 1 | 1.00 | — |" in out
     assert out[-1] == "| median | 2.00 | 3.00 |"
+
+
+def test_process_kinds_follow_the_names_ray_gives_its_processes():
+    assert startup.process_kind("ray::ClientAppActor.run") == "client actors"
+    assert startup.process_kind("ray::IDLE") == "Ray's idle workers"
+    assert startup.process_kind("/venv/lib/python3.11/site-packages/ray/core/src/ray/raylet/raylet --x") == \
+        "Ray's services"
+    assert startup.process_kind("/bin/sh -c cat /sys/module/amdgpu/initstate") == "other"
+
+
+BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < {}: pass\n"
+
+
+def test_the_cpu_of_every_descendant_counts_until_round_1_and_none_after():
+    # the run's process starts a child that burns 0.6 s of CPU and ends, says round 1 is done, then burns 1.5 s
+    # more itself: the count holds the child's 0.6 s (under "other") and none of the work after the milestone
+    script = ("import subprocess, sys, time\n"
+              f"subprocess.run([sys.executable, '-c', {BURN.format(0.6)!r}])\n"
+              "print('[t][fedkt][INFO] - round 1/1 | mean test acc 0.1', flush=True)\n"
+              + BURN.format(1.5))
+    lines, exit_s, rc, cpu = startup.cpu_until_round_1([sys.executable, "-u", "-c", script])
+    assert rc == 0 and exit_s > 2.0
+    assert 0.5 <= cpu["other"] <= 0.75
+    assert cpu["driver"] < 0.5 and cpu["client actors"] == 0.0
+    assert cpu["total"] == sum(v for k, v in cpu.items() if k != "total") and cpu["total"] < 1.2
+
+
+def test_a_run_that_never_finishes_round_1_has_no_cpu_count():
+    lines, _, rc, cpu = startup.cpu_until_round_1([sys.executable, "-c", "print('no round', flush=True)"])
+    assert rc == 0 and cpu is None

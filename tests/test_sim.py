@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -242,6 +243,44 @@ def test_the_clients_actors_run_at_the_drivers_priority():
     assert proc.returncode == 0, proc.stderr[-3000:]
     driver, worker = map(int, proc.stdout.split()[-2:])
     assert worker == driver
+
+
+def test_the_local_ray_starts_no_second_set_of_idle_workers_for_the_driver():
+    """Ray starts a worker a CPU ahead as it starts, and as many again for the first driver; the client actors use
+    none of them (each gets a new worker), so on 2 cores they only slowed the actors' start. The local Ray the
+    simulation starts has the first set only (a worker a CPU at most), and still runs work."""
+    code = textwrap.dedent("""
+        import os, time, ray
+        from fedkt.config import load_config
+        from fedkt.sim import backend_config
+
+        def parent(pid):
+            return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+
+        def mine(pid):  # started by this process, through Ray's raylet
+            while pid > 1 and pid != os.getpid():
+                pid = parent(pid)
+            return pid == os.getpid()
+
+        def workers():
+            found = 0
+            for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
+                try:
+                    cmd = open(f"/proc/{pid}/cmdline").read()
+                    found += ("default_worker" in cmd or "ray::IDLE" in cmd) and mine(pid)
+                except OSError:  # gone meanwhile
+                    pass
+            return found
+
+        ray.init(**backend_config(load_config(["experiment=smoke"]))["init_args"])
+        time.sleep(5)
+        before = workers()
+        print(before, ray.get(ray.remote(lambda: 41 + 1).remote()), workers())
+        """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before, answer, after = map(int, proc.stdout.split()[-3:])
+    assert before <= (os.cpu_count() or 1) and answer == 42 and after >= 1  # Ray's default: two a CPU
 
 
 def test_make_run_puts_a_sweep_flag_before_the_overrides():

@@ -91,7 +91,10 @@ def backend_config(cfg: RunConfig) -> dict:
     if address:
         init_args["address"] = address
     else:
-        init_args.update(num_cpus=os.cpu_count() or 1, num_gpus=int(gpus))
+        # Ray starts a worker a CPU ahead as it starts and as many again for the first driver; the client actors use
+        # none (each gets a new worker), so the second set only took the cores from the actors' start (bench/startup.py)
+        init_args.update(num_cpus=os.cpu_count() or 1, num_gpus=int(gpus),
+                         _system_config={"prestart_worker_first_driver": False})
     return {"client_resources": {"num_cpus": cfg.client.num_cpus, "num_gpus": gpus_per_client(cfg, gpus)},
             "init_args": init_args}
 

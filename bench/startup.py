@@ -74,6 +74,7 @@ PHASES = {  # phase: (from, to); None = the subprocess's start
 
 # what a process of the run is, by its command line (first match); the run's own process is "driver"
 PROCESS_KINDS = [("client actors", "ClientAppActor"), ("Ray's idle workers", "ray::IDLE"),
+                 ("Ray's idle workers", "default_worker.py"),  # a worker still starting: renamed once up
                  ("Ray's services", "ray")]  # gcs_server, raylet, its agents, log monitor, dashboard
 CPU_COLUMNS = ["driver", "client actors", "Ray's idle workers", "Ray's services", "other", "total"]
 

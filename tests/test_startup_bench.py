@@ -90,6 +90,8 @@ def test_table_has_a_median_row_and_a_dash_for_what_is_missing(capsys):
 def test_process_kinds_follow_the_names_ray_gives_its_processes():
     assert startup.process_kind("ray::ClientAppActor.run") == "client actors"
     assert startup.process_kind("ray::IDLE") == "Ray's idle workers"
+    assert startup.process_kind("/venv/bin/python /venv/lib/python3.11/site-packages/ray/_private/workers/"
+                                "default_worker.py --node-ip-address=127.0.0.1") == "Ray's idle workers"
     assert startup.process_kind("/venv/lib/python3.11/site-packages/ray/core/src/ray/raylet/raylet --x") == \
         "Ray's services"
     assert startup.process_kind("/bin/sh -c cat /sys/module/amdgpu/initstate") == "other"

@@ -84,7 +84,7 @@ def process_kind(cmdline: str) -> str:
 
 
 def _proc_stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, CPU seconds used, user + system) of a live process; None once it is gone."""
+    """(parent pid, CPU seconds used: user + system) of a live process; None once it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()  # after "pid (comm)", which may hold spaces
@@ -103,10 +103,11 @@ def _cmdline(pid: int) -> str:
 
 class TreeCpu:
     """CPU seconds used by a process and all its descendants, sampled from /proc in a thread. A process's last
-    sample stands for it once it has gone (up to 50 ms of its work lost; Ray's processes live as long as the run)."""
+    sample stands for it once it has gone (up to 50 ms of its work lost; Ray's processes live as long as the run).
+    Sampling reads every process's stat: about 1 ms of this process's CPU a sample, 2 % of a core beside the run."""
 
     def __init__(self, root: int, interval: float = 0.05):
-        self.root, self.interval = root, interval
+        self.interval = interval
         self.used: dict[int, float] = {}
         self.kind: dict[int, str] = {root: "driver"}
         self._lock = threading.Lock()  # sample() runs in the thread and, at a milestone, in the caller
